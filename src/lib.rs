@@ -1,0 +1,19 @@
+//! smelt: a small typed language for multi-task fine-tuning experiments.
+//!
+//! Pipeline: `syntax` (pest → AST) → `types` (name resolution + checking against operator
+//! signatures) → `eval` (builds a DAG of operator nodes with content keys) → `exec` (realises
+//! nodes through the content-addressed `cache`). Operators live in `ops`, one file each.
+//! Invariant: `syntax` and `types` never import candle or do IO.
+
+pub mod diag;
+pub mod nn;
+pub mod source;
+pub mod syntax;
+pub mod tensors;
+pub mod cache;
+pub mod ops;
+pub mod report;
+pub mod sig;
+pub mod types;
+pub mod value;
+pub mod eval;

@@ -1,0 +1,216 @@
+//! A frozen linear layer with a slot for a trainable LoRA delta.
+//!
+//! The base weight `W [out, in]` and bias are plain `Tensor`s (never `Var`s), so they get no
+//! gradient buffers. PEFT code injects a [`LoraDelta`] (`A [r, in]`, `B [out, r]`, `scale`) whose
+//! tensors are usually `Var`s; the forward then adds `scale · (x Aᵀ) Bᵀ` to the frozen output,
+//! never materialising `B·A`. `merged_weight` folds the delta into `W` for export or fast
+//! inference; the invariants (B = 0 ⇒ base output; merged ≡ unmerged) are tested below.
+
+use candle_core::{Result, Tensor};
+
+/// A low-rank update `ΔW = scale · B · A`.
+#[derive(Debug, Clone)]
+pub struct LoraDelta {
+    /// `[r, in]`
+    pub a: Tensor,
+    /// `[out, r]`
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+impl LoraDelta {
+    /// Checks that `a` is `[r, in]` and `b` is `[out, r]` for a layer of the given shape.
+    pub fn new(a: Tensor, b: Tensor, scale: f64, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let (r, i) = a.dims2()?;
+        let (o, r2) = b.dims2()?;
+        if i != in_dim || o != out_dim || r != r2 {
+            candle_core::bail!(
+                "LoRA shapes A {:?} B {:?} do not fit a [{out_dim}, {in_dim}] layer",
+                a.dims(),
+                b.dims()
+            )
+        }
+        Ok(LoraDelta { a, b, scale })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+
+    /// `scale · (x Aᵀ) Bᵀ` for `x [N, in]`.
+    fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let xa = x.matmul(&self.a.t()?)?;
+        xa.matmul(&self.b.t()?)? * self.scale
+    }
+
+    /// `scale · B · A`, shape `[out, in]`.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+}
+
+/// `y = x Wᵀ + b (+ LoRA)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`, frozen.
+    pub weight: Tensor,
+    /// `[out]`, frozen.
+    pub bias: Option<Tensor>,
+    /// Optional trainable low-rank delta.
+    pub lora: Option<LoraDelta>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, lora: None }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Installs (or replaces) the LoRA delta, checking its shapes; returns the previous one.
+    pub fn set_lora(&mut self, delta: LoraDelta) -> Result<Option<LoraDelta>> {
+        let delta = LoraDelta::new(delta.a, delta.b, delta.scale, self.in_dim(), self.out_dim())?;
+        Ok(self.lora.replace(delta))
+    }
+
+    pub fn take_lora(&mut self) -> Option<LoraDelta> {
+        self.lora.take()
+    }
+
+    /// Output of the frozen layer only (LoRA ignored).
+    pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
+        let (x2, lead) = flatten(x)?;
+        let y = self.base_2d(&x2)?;
+        unflatten(y, &lead)
+    }
+
+    /// Full forward: frozen output plus the LoRA delta when present. `x` is `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (x2, lead) = flatten(x)?;
+        let mut y = self.base_2d(&x2)?;
+        if let Some(l) = &self.lora {
+            y = (y + l.forward_2d(&x2)?)?;
+        }
+        unflatten(y, &lead)
+    }
+
+    fn base_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// The frozen layer cast to `dtype` (the LoRA delta, if any, is dropped: re-attach it).
+    pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Linear> {
+        let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
+        Ok(Linear::new(self.weight.to_dtype(dtype)?, bias))
+    }
+
+    /// `W + scale · B · A` (just `W` without a delta).
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            Some(l) => self.weight.add(&l.delta_weight()?),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
+    /// A copy with the delta folded into a new frozen weight (detached from autograd).
+    pub fn merged(&self) -> Result<Linear> {
+        Ok(Linear::new(self.merged_weight()?.detach(), self.bias.clone()))
+    }
+}
+
+/// `[d0, …, dk, in]` → (`[d0·…·dk, in]` contiguous, leading dims).
+fn flatten(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims();
+    let (lead, last) = dims.split_at(dims.len().saturating_sub(1));
+    let n: usize = lead.iter().product();
+    let x2 = x.contiguous()?.reshape((n, last[0]))?;
+    Ok((x2, lead.to_vec()))
+}
+
+fn unflatten(y: Tensor, lead: &[usize]) -> Result<Tensor> {
+    let mut shape = lead.to_vec();
+    shape.push(y.dims()[1]);
+    y.reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ops::max_abs_diff;
+    use candle_core::{DType, Device, Var};
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    fn layer() -> Linear {
+        Linear::new(randn(&[6, 4]), Some(randn(&[6])))
+    }
+
+    #[test]
+    fn forward_matches_broadcast_matmul() {
+        let l = layer();
+        let x = randn(&[2, 3, 4]);
+        let want = x
+            .broadcast_matmul(&l.weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(l.bias.as_ref().unwrap())
+            .unwrap();
+        let got = l.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 3, 6]);
+        assert!(max_abs_diff(&got, &want).unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn zero_b_gives_base_output() {
+        let mut l = layer();
+        let b = Tensor::zeros((6, 2), DType::F32, &Device::Cpu).unwrap();
+        l.set_lora(LoraDelta { a: randn(&[2, 4]), b, scale: 2.0 }).unwrap();
+        let x = randn(&[5, 4]);
+        let d = max_abs_diff(&l.forward(&x).unwrap(), &l.forward_base(&x).unwrap()).unwrap();
+        assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn merged_equals_unmerged() {
+        let mut l = layer();
+        l.set_lora(LoraDelta { a: randn(&[3, 4]), b: randn(&[6, 3]), scale: 0.5 }).unwrap();
+        let x = randn(&[2, 7, 4]);
+        let merged = l.merged().unwrap();
+        assert!(merged.lora.is_none());
+        let d = max_abs_diff(&l.forward(&x).unwrap(), &merged.forward(&x).unwrap()).unwrap();
+        assert!(d < 1e-5, "merged vs unmerged: {d}");
+    }
+
+    #[test]
+    fn bad_lora_shapes_are_rejected() {
+        let mut l = layer();
+        let r = l.set_lora(LoraDelta { a: randn(&[2, 5]), b: randn(&[6, 2]), scale: 1.0 });
+        assert!(r.is_err());
+        assert!(l.lora.is_none());
+    }
+
+    #[test]
+    fn gradient_reaches_a_and_b_but_not_w() {
+        let mut l = layer();
+        let a = Var::from_tensor(&randn(&[2, 4])).unwrap();
+        let b = Var::from_tensor(&randn(&[6, 2])).unwrap();
+        l.set_lora(LoraDelta { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 1.0 })
+            .unwrap();
+        let loss = l.forward(&randn(&[3, 4])).unwrap().sqr().unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert!(g.get(a.as_tensor()).is_some());
+        assert!(g.get(b.as_tensor()).is_some());
+        assert!(g.get(&l.weight).is_none());
+    }
+}

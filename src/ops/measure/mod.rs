@@ -1,0 +1,3 @@
+//! `measure.*`: numbers computed from artifacts (distances, memory, timings).
+
+pub mod distance;

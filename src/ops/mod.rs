@@ -1,0 +1,117 @@
+//! Operators: one trait, one [`Signature`] per operator, an explicit registry.
+//!
+//! A signature is the only declaration of an operator's name, parameters (types, defaults,
+//! ranges, docs), return type, examples, paper reference, determinism and version. The checker,
+//! `smelt doc`, the REPL's `:help` and the cache key all read it. Operators are registered in
+//! [`builtin_registry`] by an explicit list — no link-time magic.
+//!
+//! Two kinds: `Node` operators become cached DAG nodes and run on realised inputs
+//! ([`Operator::run`]); `Helper` operators (`len`, `zip`, …) are evaluated immediately on
+//! unrealised values ([`Operator::eval`]) and are never cached.
+
+pub mod args;
+pub mod ctx;
+pub mod helpers;
+pub mod load;
+pub mod measure;
+pub mod merge;
+pub mod model;
+
+pub use args::Args;
+pub use ctx::OpCtx;
+
+use crate::diag::OpError;
+use crate::value::Value;
+use std::collections::BTreeMap;
+
+pub use crate::sig::{Const, Determinism, OpKind, Param, RetFn, SigLookup, Signature};
+
+pub trait Operator: Send + Sync {
+    fn signature(&self) -> &'static Signature;
+
+    /// Run a `Node` operator on realised arguments.
+    fn run(&self, _cx: &mut OpCtx, _args: &Args) -> Result<Value, OpError> {
+        Err(OpError::new("smelt::internal", format!("`{}` is not a node operator", self.signature().id)))
+    }
+
+    /// Evaluate a `Helper` on unrealised arguments; `force` realises a value when needed.
+    fn eval(&self, _args: &Args, _force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+        Err(OpError::new("smelt::internal", format!("`{}` is not a helper", self.signature().id)))
+    }
+
+    /// Checks that need realised cheap inputs (e.g. model headers) but read no tensor data.
+    /// Called by `smelt check` and before `run`. Arguments may contain unrealised nodes.
+    fn validate(&self, _args: &Args) -> Result<(), OpError> {
+        Ok(())
+    }
+}
+
+/// All operators, by id.
+pub struct Registry {
+    ops: BTreeMap<&'static str, Box<dyn Operator>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry { ops: BTreeMap::new() }
+    }
+
+    /// Add an operator. Panics on a duplicate id (a programming error caught by tests).
+    pub fn add(&mut self, op: impl Operator + 'static) {
+        let id = op.signature().id;
+        assert!(self.ops.insert(id, Box::new(op)).is_none(), "operator `{id}` registered twice");
+    }
+
+    pub fn get(&self, id: &str) -> Option<&dyn Operator> {
+        self.ops.get(id).map(|b| b.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Operator> {
+        self.ops.values().map(|b| b.as_ref())
+    }
+
+    pub fn families(&self) -> Vec<&'static str> {
+        let mut f: Vec<_> = self.iter().filter_map(|o| o.signature().family()).collect();
+        f.dedup();
+        f
+    }
+
+}
+
+impl SigLookup for Registry {
+    fn sig(&self, id: &str) -> Option<&'static Signature> {
+        self.get(id).map(|o| o.signature())
+    }
+
+    fn ids(&self) -> Vec<&'static str> {
+        self.ops.keys().copied().collect()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+/// The built-in operators. Adding one: write its file, then add one line here.
+pub fn builtin_registry() -> Registry {
+    let mut r = Registry::new();
+    // Helpers on plain values.
+    r.add(helpers::len::Len);
+    r.add(helpers::zip::Zip);
+    r.add(helpers::range::Range);
+    r.add(helpers::mean::Mean);
+    r.add(helpers::sum::Sum);
+    // Inputs.
+    r.add(load::model::LoadModel);
+    // Model transformations.
+    r.add(model::perturb::Perturb);
+    // Merging.
+    r.add(merge::average::Average);
+    r.add(merge::linear::Linear);
+    r.add(merge::task_arithmetic::TaskArithmetic);
+    // Measurements.
+    r.add(measure::distance::Distance);
+    r
+}

@@ -1,0 +1,3 @@
+//! `model.*`: operators that transform one model's weights.
+
+pub mod perturb;

@@ -1,0 +1,239 @@
+//! Fast conversions between stored tensor bytes (little-endian safetensors payloads) and `f32`.
+//!
+//! Merges spend most of their time here, so the common cases take vectorised paths: F16 uses
+//! `half`'s slice conversion (F16C on x86 when the CPU has it) when the bytes are 2-aligned, BF16
+//! is a shift, F32 a memcpy. Everything else falls back to simple `chunks_exact` loops, which are
+//! also the path for unaligned data and big-endian targets. Integer types convert numerically
+//! (lossy above 2^24); 8-bit float formats are refused rather than guessed.
+
+use super::header::Dtype;
+use crate::diag::OpError;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+fn unsupported(dtype: Dtype, dir: &str) -> OpError {
+    OpError::new("smelt::io::unsupported_dtype", format!("cannot convert {dtype} {dir} f32"))
+        .with_help("supported: F16, BF16, F32, F64 (and integer types when reading)")
+}
+
+/// Decode `bytes` (a whole tensor of `dtype`) into `out`, replacing its contents.
+pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), OpError> {
+    let n = bytes.len() / dtype.size();
+    // Every element is overwritten, so a reused buffer is only resized (no memset pass).
+    out.truncate(n);
+    out.resize(n, 0.0);
+    decode_into(dtype, bytes, out)
+}
+
+/// Decode into a slice of exactly `bytes.len() / dtype.size()` elements.
+pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), OpError> {
+    if bytes.len() != out.len() * dtype.size() {
+        return Err(OpError::msg(format!(
+            "internal: {} bytes of {dtype} do not fill {} values",
+            bytes.len(),
+            out.len()
+        )));
+    }
+    match dtype {
+        Dtype::F16 => {
+            // SAFETY: every bit pattern is a valid f16; alignment is checked via the prefix.
+            let (pre, mid, post) = unsafe { bytes.align_to::<f16>() };
+            if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+                mid.convert_to_f32_slice(out);
+            } else {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+                }
+            }
+        }
+        Dtype::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        Dtype::F32 => {
+            // SAFETY: every bit pattern is a valid f32; alignment is checked via the prefix.
+            let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
+            if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+                out.copy_from_slice(mid);
+            } else {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
+        Dtype::F64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
+        }
+        Dtype::Bool | Dtype::U8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = b as f32;
+            }
+        }
+        Dtype::I8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = b as i8 as f32;
+            }
+        }
+        Dtype::I16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = i16::from_le_bytes([c[0], c[1]]) as f32;
+            }
+        }
+        Dtype::U16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([c[0], c[1]]) as f32;
+            }
+        }
+        Dtype::I32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32;
+            }
+        }
+        Dtype::U32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32;
+            }
+        }
+        Dtype::I64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
+        }
+        Dtype::U64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
+        }
+        Dtype::F8E5M2 | Dtype::F8E4M3 => return Err(unsupported(dtype, "to")),
+    }
+    Ok(())
+}
+
+/// Round-to-nearest-even f32 → bf16 bits (NaN stays NaN), written so that it vectorises.
+#[inline]
+fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) as u16) | 0x0040;
+    if x.is_nan() {
+        nan
+    } else {
+        rounded
+    }
+}
+
+/// Encode `src` as `dtype` (F32, F16, BF16 or F64), appending little-endian bytes to `out`.
+pub fn f32_to_bytes(dtype: Dtype, src: &[f32], out: &mut Vec<u8>) -> Result<(), OpError> {
+    let start = out.len();
+    out.resize(start + src.len() * dtype.size(), 0);
+    let dst = &mut out[start..];
+    match dtype {
+        Dtype::F32 => {
+            for (c, x) in dst.chunks_exact_mut(4).zip(src) {
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        Dtype::F16 => {
+            // SAFETY: any bit pattern is a valid f16; alignment is checked via the prefix.
+            let (pre, mid, post) = unsafe { dst.align_to_mut::<f16>() };
+            if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+                mid.convert_from_f32_slice(src);
+            } else {
+                for (c, x) in dst.chunks_exact_mut(2).zip(src) {
+                    c.copy_from_slice(&f16::from_f32(*x).to_bits().to_le_bytes());
+                }
+            }
+        }
+        Dtype::BF16 => {
+            for (c, x) in dst.chunks_exact_mut(2).zip(src) {
+                c.copy_from_slice(&bf16_bits(*x).to_le_bytes());
+            }
+        }
+        Dtype::F64 => {
+            for (c, x) in dst.chunks_exact_mut(8).zip(src) {
+                c.copy_from_slice(&(*x as f64).to_le_bytes());
+            }
+        }
+        other => {
+            out.truncate(start);
+            return Err(unsupported(other, "from"));
+        }
+    }
+    Ok(())
+}
+
+/// `bf16::from_f32` without the branchy slow path; exposed for tests and benchmarks.
+pub fn f32_to_bf16(x: f32) -> bf16 {
+    bf16::from_bits(bf16_bits(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALUES: [f32; 9] = [0.0, -0.0, 1.0, -2.5, 1e-3, 65504.0, 3.14159, f32::INFINITY, 1e-8];
+
+    #[test]
+    fn float_round_trips() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64] {
+            let mut bytes = vec![];
+            f32_to_bytes(dtype, &VALUES, &mut bytes).unwrap();
+            assert_eq!(bytes.len(), VALUES.len() * dtype.size());
+            let mut back = vec![];
+            bytes_to_f32(dtype, &bytes, &mut back).unwrap();
+            for (a, b) in VALUES.iter().zip(&back) {
+                let expect = match dtype {
+                    Dtype::F16 => f16::from_f32(*a).to_f32(),
+                    Dtype::BF16 => bf16::from_f32(*a).to_f32(),
+                    _ => *a,
+                };
+                assert_eq!(expect.to_bits(), b.to_bits(), "{dtype} {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn unaligned_f16_matches_aligned() {
+        let mut bytes = vec![0u8];
+        f32_to_bytes(Dtype::F16, &VALUES, &mut bytes).unwrap();
+        let mut a = vec![];
+        bytes_to_f32(Dtype::F16, &bytes[1..], &mut a).unwrap();
+        let mut aligned = vec![];
+        f32_to_bytes(Dtype::F16, &VALUES, &mut aligned).unwrap();
+        let mut b = vec![];
+        bytes_to_f32(Dtype::F16, &aligned, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        let mut x = 0x1234_5678u32;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let f = f32::from_bits(x);
+            let ours = f32_to_bf16(f);
+            let theirs = bf16::from_f32(f);
+            if f.is_nan() {
+                assert!(ours.is_nan());
+            } else {
+                assert_eq!(ours.to_bits(), theirs.to_bits(), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn integers_and_refusals() {
+        let bytes: Vec<u8> = [-3i64, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![];
+        bytes_to_f32(Dtype::I64, &bytes, &mut out).unwrap();
+        assert_eq!(out, vec![-3.0, 7.0]);
+        assert!(bytes_to_f32(Dtype::F8E4M3, &[1, 2], &mut out).is_err());
+        assert!(f32_to_bytes(Dtype::I32, &[1.0], &mut vec![]).is_err());
+        assert!(decode_into(Dtype::F32, &[0; 5], &mut [0.0]).is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Streaming merge engine: combine N compatible models tensor by tensor into a new model dir.
+//!
+//! For each tensor name (sorted) it reads that tensor from every input straight out of the mmap
+//! into reusable f32 buffers, hands them to a `combine` callback and streams the result through
+//! [`SafetensorsWriter`], so memory stays at about one tensor × (number of models + 2). Integer
+//! tensors (e.g. `position_ids` buffers) are copied from the first input unchanged. The output is
+//! built in `<out_dir>.tmp-<pid>` together with `config.json` (with `torch_dtype` updated) and the
+//! first input's tokenizer files, and renamed into place only after everything succeeded.
+
+use super::header::Dtype;
+use super::model_dir::ModelDir;
+use super::writer::{SafetensorsWriter, WriterOptions};
+use crate::diag::OpError;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Figures from one merge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeStats {
+    pub tensors: usize,
+    /// Tensor bytes read from all inputs.
+    pub bytes_read: u64,
+    /// Bytes of all files written (weights, index, config, tokenizer files).
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Removes a half-built output directory unless the merge committed it.
+struct TmpDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> OpError {
+    OpError::new("smelt::io::write_failed", format!("{}: {e}", path.display()))
+        .with_help("check that the output location is writable and has free space")
+}
+
+fn sibling(path: &Path, suffix: &str) -> Result<PathBuf, OpError> {
+    let name = path.file_name().ok_or_else(|| {
+        OpError::new("smelt::io::write_failed", format!("{}: output must name a directory", path.display()))
+    })?;
+    let mut name = name.to_os_string();
+    name.push(suffix);
+    Ok(path.with_file_name(name))
+}
+
+/// True when replacing `path` cannot destroy unrelated data: it is an empty directory or a model
+/// directory (has weights or a config).
+fn replaceable(path: &Path) -> bool {
+    let Ok(mut entries) = std::fs::read_dir(path) else { return false };
+    entries.next().is_none()
+        || ["config.json", "model.safetensors", "model.safetensors.index.json"].iter().any(|f| path.join(f).is_file())
+}
+
+/// Merge `inputs` into `out_dir`; `combine(name, per_model_values)` returns the merged values.
+pub fn merge_streaming(
+    inputs: &[&ModelDir],
+    out_dir: &Path,
+    out_dtype: Dtype,
+    metadata: BTreeMap<String, String>,
+    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
+) -> Result<MergeStats, OpError> {
+    let start = Instant::now();
+    let first = *inputs.first().ok_or_else(|| {
+        OpError::new("smelt::check::no_models", "a merge needs at least one input model")
+            .with_help("pass one or more model directories")
+    })?;
+    if !matches!(out_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(OpError::new("smelt::io::unsupported_dtype", format!("cannot write merged weights as {out_dtype}"))
+            .with_help("choose F32, F16 or BF16"));
+    }
+    for other in &inputs[1..] {
+        first.check_compatible(other)?;
+    }
+    if out_dir.exists() && !replaceable(out_dir) {
+        return Err(OpError::new(
+            "smelt::io::output_exists",
+            format!("{}: exists and is not a model directory; refusing to replace it", out_dir.display()),
+        )
+        .with_help("choose a new output directory or remove the existing one"));
+    }
+    let tmp = TmpDir { path: sibling(out_dir, &format!(".tmp-{}", std::process::id()))?, keep: false };
+    if tmp.path.exists() {
+        std::fs::remove_dir_all(&tmp.path).map_err(|e| io_err(&tmp.path, e))?;
+    }
+    std::fs::create_dir_all(&tmp.path).map_err(|e| io_err(&tmp.path, e))?;
+
+    let specs: Vec<(String, Dtype, Vec<usize>)> = first
+        .signature()
+        .into_iter()
+        .map(|(n, d, s)| (n, if d.is_float() { out_dtype } else { d }, s))
+        .collect();
+    let opts = WriterOptions { metadata, ..WriterOptions::default() };
+    let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
+    let mut bytes_read = 0u64;
+    // Two-stage pipeline on two cores: a scoped reader thread decodes tensor k+1 from every
+    // input while this thread combines and writes tensor k. Buffer sets are recycled, so at most
+    // two sets (plus the combined result) are alive at once.
+    std::thread::scope(|scope| -> Result<(), OpError> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<f32>>, OpError>>(0);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Vec<f32>>>();
+        scope.spawn(move || {
+            for (name, (_, info)) in first.tensors() {
+                if !info.dtype.is_float() {
+                    continue;
+                }
+                let mut bufs = empty_rx.try_recv().unwrap_or_else(|_| vec![Vec::new(); inputs.len()]);
+                let res = read_inputs(inputs, name, &mut bufs).map(|_| bufs);
+                let failed = res.is_err();
+                if full_tx.send(res).is_err() || failed {
+                    return; // the writer side stopped, or we reported an error
+                }
+            }
+        });
+        for (name, (_, info)) in first.tensors() {
+            if !info.dtype.is_float() {
+                let raw = first.read_raw(name)?;
+                bytes_read += raw.len() as u64;
+                writer.write_raw(name, raw)?;
+                continue;
+            }
+            let bufs = full_rx.recv().map_err(|_| OpError::msg("merge reader thread stopped early"))??;
+            bytes_read += inputs.iter().map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64)).sum::<u64>();
+            let merged = combine(name, &bufs).map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
+            writer.write_f32(name, &merged)?;
+            let _ = empty_tx.send(bufs);
+        }
+        Ok(())
+    })?;
+    let mut bytes_written = writer.finish()?.bytes;
+
+    if let Some(config) = first.config() {
+        let mut config = config.clone();
+        if let (Value::Object(map), Some(t)) = (&mut config, out_dtype.torch_name()) {
+            map.insert("torch_dtype".into(), Value::String(t.into()));
+        }
+        let text = serde_json::to_string_pretty(&config).unwrap_or_default() + "\n";
+        let path = tmp.path.join("config.json");
+        std::fs::write(&path, &text).map_err(|e| io_err(&path, e))?;
+        bytes_written += text.len() as u64;
+    }
+    for src in first.side_files() {
+        let Some(name) = src.file_name() else { continue };
+        let dst = tmp.path.join(name);
+        bytes_written += std::fs::copy(src, &dst).map_err(|e| io_err(&dst, e))?;
+    }
+    commit(tmp, out_dir)?;
+    Ok(MergeStats { tensors: specs.len(), bytes_read, bytes_written, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// Decode tensor `name` of every input into `bufs` and drop the mapped pages afterwards.
+fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Result<(), OpError> {
+    for (input, buf) in inputs.iter().zip(bufs.iter_mut()) {
+        input.read_f32_into(name, buf)?;
+        input.evict(name);
+    }
+    Ok(())
+}
+
+/// Rename the finished temp dir to `out_dir`, replacing an existing one only now.
+fn commit(mut tmp: TmpDir, out_dir: &Path) -> Result<(), OpError> {
+    if out_dir.exists() {
+        let old = sibling(out_dir, &format!(".old-{}", std::process::id()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out_dir, &old).map_err(|e| io_err(out_dir, e))?;
+        if let Err(e) = std::fs::rename(&tmp.path, out_dir) {
+            let _ = std::fs::rename(&old, out_dir);
+            return Err(io_err(out_dir, e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp.path, out_dir).map_err(|e| io_err(out_dir, e))?;
+    }
+    tmp.keep = true;
+    Ok(())
+}
+
+/// Elementwise mean of equally shaped buffers (a ready-made `combine` for averaging).
+///
+/// Works in cache-sized blocks so each output element is written once and every input is
+/// streamed once; the inner loops vectorise.
+pub fn mean(values: &[Vec<f32>]) -> Vec<f32> {
+    const BLOCK: usize = 4096;
+    let Some(first) = values.first() else { return Vec::new() };
+    let n = values.iter().map(Vec::len).min().unwrap_or(0);
+    let scale = 1.0 / values.len() as f32;
+    let mut out = vec![0.0f32; n];
+    for (b, o) in out.chunks_mut(BLOCK).enumerate() {
+        let (lo, hi) = (b * BLOCK, b * BLOCK + o.len());
+        o.copy_from_slice(&first[lo..hi]);
+        for v in &values[1..] {
+            for (o, x) in o.iter_mut().zip(&v[lo..hi]) {
+                *o += x;
+            }
+        }
+        for o in o.iter_mut() {
+            *o *= scale;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(dir: &Path, vals: &[f32], ids: &[i64]) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"vocab_size": 3, "torch_dtype": "float32"}"#).unwrap();
+        std::fs::write(dir.join("vocab.txt"), "a\nb\nc\n").unwrap();
+        let specs = vec![("w".into(), Dtype::F32, vec![vals.len()]), ("ids".into(), Dtype::I64, vec![ids.len()])];
+        let mut w = SafetensorsWriter::create(&dir.join("model.safetensors"), &specs, WriterOptions::default()).unwrap();
+        let raw: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_raw("ids", &raw).unwrap();
+        w.write_f32("w", vals).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn averages_and_copies_side_files() {
+        let d = tempfile::tempdir().unwrap();
+        model(&d.path().join("a"), &[1.0, 2.0], &[0, 1]);
+        model(&d.path().join("b"), &[3.0, 6.0], &[5, 5]);
+        let (a, b) = (ModelDir::open(d.path().join("a")).unwrap(), ModelDir::open(d.path().join("b")).unwrap());
+        let out = d.path().join("out");
+        let stats = merge_streaming(&[&a, &b], &out, Dtype::BF16, BTreeMap::new(), &mut |_, v| Ok(mean(v))).unwrap();
+        assert_eq!(stats.tensors, 2);
+        let m = ModelDir::open(&out).unwrap();
+        assert_eq!(m.read_f32("w").unwrap(), vec![2.0, 4.0]);
+        assert_eq!(m.read_raw("ids").unwrap(), a.read_raw("ids").unwrap());
+        assert_eq!(m.info("w").unwrap().dtype, Dtype::BF16);
+        assert_eq!(m.config().unwrap()["torch_dtype"], "bfloat16");
+        assert!(out.join("vocab.txt").is_file());
+        // Failing combine leaves the previous output intact and no temp dir behind.
+        let fail = merge_streaming(&[&a], &out, Dtype::F32, BTreeMap::new(), &mut |_, _| Err(OpError::msg("boom")));
+        assert!(fail.unwrap_err().message.contains("while merging tensor `w`"));
+        assert_eq!(ModelDir::open(&out).unwrap().read_f32("w").unwrap(), vec![2.0, 4.0]);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn refuses_to_replace_unrelated_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        model(&d.path().join("a"), &[1.0], &[0]);
+        std::fs::create_dir(d.path().join("docs")).unwrap();
+        std::fs::write(d.path().join("docs/notes.txt"), "keep me").unwrap();
+        let a = ModelDir::open(d.path().join("a")).unwrap();
+        let e = merge_streaming(&[&a], &d.path().join("docs"), Dtype::F32, BTreeMap::new(), &mut |_, v| Ok(v[0].clone()));
+        assert_eq!(e.unwrap_err().code, "smelt::io::output_exists");
+        assert!(d.path().join("docs/notes.txt").is_file());
+    }
+}
