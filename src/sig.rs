@@ -114,7 +114,7 @@ impl Signature {
         self.params.iter().find(|p| p.name == name)
     }
 
-    /// `merge.linear(models: List<Model>, weights: List<Float>, dtype = "auto") -> Model`
+    /// `merge linear(models: List<Model>, weights: List<Float>, dtype: … = "auto") -> Model`
     pub fn render(&self) -> String {
         let params: Vec<String> = self
             .params
@@ -124,7 +124,7 @@ impl Signature {
                 None => format!("{}: {}", p.name, p.ty),
             })
             .collect();
-        format!("{}({}) -> {}", self.id, params.join(", "), self.returns)
+        format!("{}({}) -> {}", self.call_syntax(), params.join(", "), self.returns)
     }
 
     /// How the call is written in a program: `merge linear` or `len`.

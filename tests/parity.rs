@@ -238,6 +238,44 @@ fn encoder_throughput_batch8_seq128() {
 }
 
 #[test]
+fn zz_prof() {
+    let dev = Device::Cpu;
+    let t = |label: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        let t0 = Instant::now();
+        for _ in 0..5 { f(); }
+        println!("{label:<20} {:.2} ms", t0.elapsed().as_secs_f64() * 200.0);
+    };
+    let x = Tensor::randn(0f32, 1.0, (8, 128, 384), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (1536, 384), &dev).unwrap();
+    let w2 = Tensor::randn(0f32, 1.0, (384, 1536), &dev).unwrap();
+    let wq = Tensor::randn(0f32, 1.0, (384, 384), &dev).unwrap();
+    let ff = Tensor::randn(0f32, 1.0, (8, 128, 1536), &dev).unwrap();
+    let sc = Tensor::randn(0f32, 1.0, (8, 12, 128, 128), &dev).unwrap();
+    let q = Tensor::randn(0f32, 1.0, (8, 12, 128, 32), &dev).unwrap();
+    let ones = Tensor::ones(384, DType::F32, &dev).unwrap();
+    let zeros = Tensor::zeros(384, DType::F32, &dev).unwrap();
+    let lin = smelt::nn::Linear::new(w.clone(), None);
+    let lin2 = smelt::nn::Linear::new(w2.clone(), None);
+    let linq = smelt::nn::Linear::new(wq.clone(), None);
+    t("linear 384->1536", &|| lin.forward(&x).unwrap());
+    t("linear 1536->384", &|| lin2.forward(&ff).unwrap());
+    t("linear 384->384", &|| linq.forward(&x).unwrap());
+    let x2 = x.reshape((1024, 384)).unwrap();
+    let wt = w.t().unwrap().contiguous().unwrap();
+    t("mm strided wT", &|| x2.matmul(&w.t().unwrap()).unwrap());
+    t("mm contig wT", &|| x2.matmul(&wt).unwrap());
+    t("gelu_erf ff", &|| ff.gelu_erf().unwrap());
+    t("gelu tanh ff", &|| ff.gelu().unwrap());
+    t("softmax fused", &|| smelt::nn::ops::softmax_last(&sc).unwrap());
+    t("qk^T", &|| q.matmul(&q.t().unwrap()).unwrap());
+    t("pv", &|| sc.matmul(&q).unwrap());
+    t("heads split", &|| x.reshape((8, 128, 12, 32)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap());
+    t("layer_norm", &|| smelt::nn::ops::layer_norm(&x, &ones, &zeros, 1e-12).unwrap());
+    t("add", &|| (&x + &x).unwrap());
+}
+
+#[test]
 fn zz_diag_f64() {
     let Some(dir) = smollm2_dir() else { return };
     let m = load(&dir, &Device::Cpu).unwrap();

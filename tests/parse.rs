@@ -17,7 +17,10 @@ use std::path::Path;
 
 /// The file's name only (no directories), so snapshots do not depend on the checkout path.
 fn file_name(path: &Path) -> String {
-    path.file_name().expect("a file").to_string_lossy().into_owned()
+    path.file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn read(path: &Path) -> String {
@@ -32,7 +35,11 @@ fn parse_ok() {
         let file = sources.add(file_name(path), src.as_str());
         let module = match parse(file, &src) {
             Ok(m) => m,
-            Err(d) => panic!("{} should parse:\n{}", path.display(), render(&d, &sources, false, 100)),
+            Err(d) => panic!(
+                "{} should parse:\n{}",
+                path.display(),
+                render(&d, &sources, false, 100)
+            ),
         };
         insta::assert_snapshot!(Tree::render(&src, &module));
     });
@@ -51,7 +58,10 @@ fn parse_err() {
         assert_eq!(diag.code, "smelt::parse::syntax");
         let span = diag.span.expect("a parse error has a span");
         assert_eq!(span.file, file);
-        assert!(span.lo <= span.hi && span.hi as usize <= src.len(), "span {span:?} out of range");
+        assert!(
+            span.lo <= span.hi && span.hi as usize <= src.len(),
+            "span {span:?} out of range"
+        );
         insta::assert_snapshot!(render(&diag, &sources, false, 80));
     });
 }
@@ -66,9 +76,16 @@ struct Tree<'a> {
 
 impl<'a> Tree<'a> {
     fn render(src: &'a str, module: &Module) -> String {
-        let mut t = Tree { src, out: String::new(), stack: Vec::new() };
+        let mut t = Tree {
+            src,
+            out: String::new(),
+            stack: Vec::new(),
+        };
         for s in &module.stmts {
             t.stmt(s);
+        }
+        if module.stmts.is_empty() {
+            t.out.push_str("(no statements)\n");
         }
         t.out
     }
@@ -76,7 +93,10 @@ impl<'a> Tree<'a> {
     /// The source text of a span, on one line, shortened when long.
     fn snippet(&self, span: Span) -> String {
         assert_eq!(span.file, FileId(0));
-        let text = self.src.get(span.lo as usize..span.hi as usize).expect("span inside the file");
+        let text = self
+            .src
+            .get(span.lo as usize..span.hi as usize)
+            .expect("span inside the file");
         let one_line = text.replace('\n', "⏎").replace('\t', "⇥");
         let chars: Vec<char> = one_line.chars().collect();
         if chars.len() <= 64 {
@@ -97,9 +117,18 @@ impl<'a> Tree<'a> {
             );
         }
         let indent = "  ".repeat(self.stack.len());
-        let role = if role.is_empty() { String::new() } else { format!("{role}: ") };
+        let role = if role.is_empty() {
+            String::new()
+        } else {
+            format!("{role}: ")
+        };
         let snippet = self.snippet(span);
-        writeln!(self.out, "{indent}{role}{what} @{}..{} `{snippet}`", span.lo, span.hi).unwrap();
+        writeln!(
+            self.out,
+            "{indent}{role}{what} @{}..{} `{snippet}`",
+            span.lo, span.hi
+        )
+        .unwrap();
         self.stack.push(span);
         children(self);
         self.stack.pop();
@@ -115,14 +144,22 @@ impl<'a> Tree<'a> {
                 t.ident("name", name);
                 t.expr("value", value);
             }),
-            StmtKind::Def { name, params, body, doc } => self.node("", "def", s.span, |t| {
+            StmtKind::Def {
+                name,
+                params,
+                body,
+                doc,
+            } => self.node("", "def", s.span, |t| {
                 t.ident("name", name);
                 if let Some(doc) = doc {
                     let indent = "  ".repeat(t.stack.len());
                     writeln!(t.out, "{indent}doc: {doc:?}").unwrap();
                 }
                 for p in params {
-                    let span = p.name.span.to(p.ty.as_ref().map_or(p.name.span, |ty| ty.span));
+                    let span = p
+                        .name
+                        .span
+                        .to(p.ty.as_ref().map_or(p.name.span, |ty| ty.span));
                     let span = span.to(p.default.as_ref().map_or(span, |d| d.span));
                     t.node("param", &p.name.name, span, |t| {
                         t.ident("name", &p.name);
@@ -137,7 +174,11 @@ impl<'a> Tree<'a> {
                 t.expr("body", body);
             }),
             StmtKind::Use { path } => {
-                let dotted = path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
+                let dotted = path
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(".");
                 self.node("", &format!("use {dotted}"), s.span, |t| {
                     for i in path {
                         t.ident("", i);
@@ -219,7 +260,12 @@ impl<'a> Tree<'a> {
                     t.expr("value", v);
                 }
             }),
-            ExprKind::Comprehension { body, pattern, iter, cond } => self.node(role, "comprehension", e.span, |t| {
+            ExprKind::Comprehension {
+                body,
+                pattern,
+                iter,
+                cond,
+            } => self.node(role, "comprehension", e.span, |t| {
                 t.expr("body", body);
                 t.pattern("for", pattern);
                 t.expr("in", iter);
@@ -237,7 +283,10 @@ impl<'a> Tree<'a> {
                         Callee::Name(n) => t.ident("callee", n),
                     }
                     for a in args {
-                        let what = a.name.as_ref().map_or("arg".to_string(), |n| format!("arg {}=", n.name));
+                        let what = a
+                            .name
+                            .as_ref()
+                            .map_or("arg".to_string(), |n| format!("arg {}=", n.name));
                         t.node("", &what, a.span, |t| {
                             if let Some(n) = &a.name {
                                 t.ident("name", n);
@@ -247,24 +296,30 @@ impl<'a> Tree<'a> {
                     }
                 })
             }
-            ExprKind::Field { base, field } => self.node(role, &format!("field .{}", field.name), e.span, |t| {
-                t.expr("base", base);
-                t.ident("field", field);
-            }),
+            ExprKind::Field { base, field } => {
+                self.node(role, &format!("field .{}", field.name), e.span, |t| {
+                    t.expr("base", base);
+                    t.ident("field", field);
+                })
+            }
             ExprKind::Index { base, index } => self.node(role, "index", e.span, |t| {
                 t.expr("base", base);
                 t.expr("index", index);
             }),
-            ExprKind::Binary { op, lhs, rhs } => self.node(role, &format!("binary {}", op.symbol()), e.span, |t| {
-                t.expr("lhs", lhs);
-                t.expr("rhs", rhs);
-            }),
+            ExprKind::Binary { op, lhs, rhs } => {
+                self.node(role, &format!("binary {}", op.symbol()), e.span, |t| {
+                    t.expr("lhs", lhs);
+                    t.expr("rhs", rhs);
+                })
+            }
             ExprKind::Unary { op, operand } => {
                 let op = match op {
                     UnOp::Neg => "-",
                     UnOp::Not => "not",
                 };
-                self.node(role, &format!("unary {op}"), e.span, |t| t.expr("operand", operand))
+                self.node(role, &format!("unary {op}"), e.span, |t| {
+                    t.expr("operand", operand)
+                })
             }
             ExprKind::Block { lets, result } => self.node(role, "block", e.span, |t| {
                 for (name, value) in lets {

@@ -8,7 +8,7 @@
 
 use smelt::diag::OpError;
 use smelt::tensors::merge::mean;
-use smelt::tensors::{merge_streaming, Dtype, ModelDir};
+use smelt::tensors::{merge_streaming, Dtype, ModelDir, SafetensorsWriter, WriterOptions};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -70,6 +70,42 @@ fn best_of<T>(mut f: impl FnMut() -> Result<T, OpError>) -> Result<(f64, T), OpE
     Ok((best, last.ok_or_else(|| OpError::msg("no runs"))?))
 }
 
+/// Time `mean` and the writer on their own (inputs decoded beforehand, untimed); best of runs.
+fn phases(copies: &[ModelDir], out: &Path, dtype: Dtype) -> Result<(f64, f64), OpError> {
+    let specs: Vec<_> = copies[0]
+        .signature()
+        .into_iter()
+        .map(|(n, d, s)| (n, if d.is_float() { dtype } else { d }, s))
+        .collect();
+    let (mut best_c, mut best_w) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..REPEATS {
+        let (mut c, mut w) = (0.0, 0.0);
+        let t = Instant::now();
+        let mut writer = SafetensorsWriter::create(out, &specs, WriterOptions::default())?;
+        w += t.elapsed().as_secs_f64();
+        for (name, (_, info)) in copies[0].tensors() {
+            if !info.dtype.is_float() {
+                writer.write_raw(name, copies[0].read_raw(name)?)?;
+                continue;
+            }
+            let bufs = copies.iter().map(|m| m.read_f32(name)).collect::<Result<Vec<_>, _>>()?;
+            let t = Instant::now();
+            let merged = mean(&bufs);
+            c += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            writer.write_f32(name, &merged)?;
+            w += t.elapsed().as_secs_f64();
+        }
+        let t = Instant::now();
+        writer.finish()?;
+        w += t.elapsed().as_secs_f64();
+        std::fs::remove_file(out)?;
+        best_c = best_c.min(c);
+        best_w = best_w.min(w);
+    }
+    Ok((best_c, best_w))
+}
+
 fn run() -> Result<(), OpError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args.first().map(String::as_str).unwrap_or(DEFAULT_MODEL);
@@ -114,6 +150,39 @@ fn run() -> Result<(), OpError> {
     }
     println!("made {n} perturbed copies in {:.3} s", t.elapsed().as_secs_f64());
 
+    if std::env::var_os("PARDEC").is_some() {
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for half in copies.chunks(copies.len().div_ceil(2)) {
+                    s.spawn(move || {
+                        let mut v = Vec::new();
+                        for c in half { for name in c.tensors().keys() { c.read_f32_into(name, &mut v).unwrap(); } }
+                    });
+                }
+            });
+            let par = t.elapsed();
+            let t = Instant::now();
+            let mut v = Vec::new();
+            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut v).unwrap(); } }
+            let one = t.elapsed();
+            let t = Instant::now();
+            let mut vs = vec![Vec::new(); 8];
+            for (k, name) in copies[0].tensors().keys().enumerate() { for (i, c) in copies.iter().enumerate() { c.read_f32_into(name, &mut vs[(k % 2) * 4 + i]).unwrap(); } }
+            eprintln!("2 threads {par:?}, 1 thread {one:?}, 8 rotating bufs {:?}", t.elapsed());
+        }
+        return Ok(());
+    }
+    if std::env::var_os("ONLYMERGE").is_some() {
+        let refs: Vec<&ModelDir> = copies.iter().collect();
+        let out = scratch.0.join("merged");
+        for _ in 0..30 {
+            let t = Instant::now();
+            merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_, v: &[Vec<f32>]| Ok(mean(v)))?;
+            eprintln!("merge {:?}", t.elapsed());
+        }
+        return Ok(());
+    }
     let files: Vec<PathBuf> = copies.iter().flat_map(weight_files).collect();
     let mut buf = vec![0u8; 4 << 20];
     read_all(&files, &mut buf)?; // warm the page cache
@@ -132,6 +201,8 @@ fn run() -> Result<(), OpError> {
     })?;
     println!("read+convert to f32: {conv_s:.4} s ({:.2} GB/s input)", gb / conv_s);
     drop(vals);
+    let (combine_s, write_s) = phases(&copies, &scratch.0.join("phases.safetensors"), dtype)?;
+    println!("phases alone: combine (mean) {combine_s:.4} s, convert+write output {write_s:.4} s");
 
     let refs: Vec<&ModelDir> = copies.iter().collect();
     let out = scratch.0.join("merged");

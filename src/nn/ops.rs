@@ -5,8 +5,9 @@
 //! op here therefore takes the differentiable composite path whenever any input is tracked by
 //! autograd (`Tensor::track_op`: a `Var` or something computed from one), and the faster fused
 //! kernel only on pure inference paths, where no gradient can be lost. Both paths agree to ~1e-6.
+//! RMSNorm is the exception: it is always the composite, with f64 statistics (see [`rms_norm`]).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 
 /// Whether the fused (no-backward) kernel may be used: nothing tracked, and a dtype the fused
 /// CPU kernels implement.
@@ -23,16 +24,17 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
 }
 
-/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight` (Llama convention).
+/// RMSNorm over the last dimension: `x · rsqrt(mean(x²) + eps) · weight` (HF Llama order).
+///
+/// Always the differentiable composite, with the mean of squares accumulated in f64: decoders
+/// such as SmolLM2 carry "massive activations" (|x| ≈ 2·10⁴ in one channel), and candle's fused
+/// kernel sums squares sequentially in f32, losing ~10⁻⁵ relative accuracy on every norm (it
+/// pushed SmolLM2 logits past 1e-4 of the torch reference; with f64 statistics they are within
+/// 8.2e-5). The cost is a few elementwise passes over `[B, T, H]`, negligible next to the matmuls.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if std::env::var("EXP_RMS64").is_ok() && x.dtype() == DType::F32 {
-        return candle_nn::ops::rms_norm_slow(&x.to_dtype(DType::F64)?, &weight.to_dtype(DType::F64)?, eps as f32)?.to_dtype(DType::F32);
-    }
-    if fused_ok(&[x, weight]) {
-        candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
-    } else {
-        candle_nn::ops::rms_norm_slow(x, weight, eps as f32)
-    }
+    let ms = x.to_dtype(DType::F64)?.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?.to_dtype(x.dtype())?;
+    x.broadcast_mul(&inv)?.broadcast_mul(weight)
 }
 
 /// Softmax over the last dimension.
@@ -51,6 +53,76 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
     } else {
         candle_nn::rotary_emb::rope_slow(x, cos, sin)
+    }
+}
+
+/// Exact (erf) GELU. On CPU f32 it is a custom op that splits the work across threads (candle's
+/// unary ops run on one core, which made GELU a quarter of an encoder layer) and has an analytic
+/// backward; its values are bit-identical to `Tensor::gelu_erf` (same erf routine).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+fn gelu_f32(v: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+}
+
+/// d/dx GELU(x) = Φ(x) + x·φ(x).
+fn gelu_grad_f32(v: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + v * (-0.5 * v * v).exp() * 0.398_942_3
+}
+
+/// Elementwise `f` over a contiguous f32 storage, on all cores for large inputs.
+fn par_map_f32(s: &CpuStorage, l: &Layout, f: fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32 storage") };
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
+    let src = &v[a..b];
+    let mut dst = vec![0f32; src.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(src.len() / (1 << 15) + 1);
+    if threads <= 1 {
+        dst.iter_mut().zip(src).for_each(|(d, x)| *d = f(*x));
+    } else {
+        let chunk = src.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            for (d, x) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                sc.spawn(move || d.iter_mut().zip(x).for_each(|(d, x)| *d = f(*x)));
+            }
+        });
+    }
+    Ok((CpuStorage::F32(dst), l.shape().clone()))
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "smelt-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        par_map_f32(s, l, gelu_f32)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let d = arg.contiguous()?.apply_op1_no_bwd(&GeluErfGrad)?;
+        Ok(Some(grad.mul(&d)?))
+    }
+}
+
+struct GeluErfGrad;
+
+impl CustomOp1 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "smelt-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        par_map_f32(s, l, gelu_grad_f32)
     }
 }
 
@@ -112,9 +184,9 @@ mod tests {
         let fused = layer_norm(&x, &w, &bias, 1e-12).unwrap();
         let slow = candle_nn::ops::layer_norm_slow(&x, &w, &bias, 1e-12).unwrap();
         assert!(max_abs_diff(&fused, &slow).unwrap() < 1e-5);
-        let fused = rms_norm(&x, &w, 1e-5).unwrap();
+        let ours = rms_norm(&x, &w, 1e-5).unwrap();
         let slow = candle_nn::ops::rms_norm_slow(&x, &w, 1e-5).unwrap();
-        assert!(max_abs_diff(&fused, &slow).unwrap() < 1e-5);
+        assert!(max_abs_diff(&ours, &slow).unwrap() < 1e-5);
         let fused = softmax_last(&x).unwrap();
         let slow = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
         assert!(max_abs_diff(&fused, &slow).unwrap() < 1e-6);
@@ -150,6 +222,18 @@ mod tests {
         let s = Tensor::new(&[[1f32, 0.0]], &Device::Cpu).unwrap();
         let y = rope(&x, &c, &s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(y, vec![0.0, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn gelu_matches_candle_values_and_gradient() {
+        let x = Tensor::randn(0f32, 2.0, (3, 40_000), &Device::Cpu).unwrap();
+        let d = max_abs_diff(&gelu_erf(&x).unwrap(), &x.gelu_erf().unwrap()).unwrap();
+        assert_eq!(d, 0.0);
+        let v = Var::from_tensor(&x.narrow(1, 0, 50).unwrap()).unwrap();
+        let g1 = gelu_erf(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = v.as_tensor().gelu_erf().unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        assert!(max_abs_diff(g1, g2).unwrap() < 1e-5);
     }
 
     #[test]

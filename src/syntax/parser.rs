@@ -15,6 +15,9 @@
 //! adds cheap hints for common mistakes (unterminated strings, reserved words used as names,
 //! chained comparisons, unclosed brackets, dangling operators).
 
+// `Diagnostic` is large, but it is the crate-wide error type and the signatures are fixed.
+#![allow(clippy::result_large_err)]
+
 use super::ast::*;
 use crate::diag::Diagnostic;
 use crate::source::{FileId, Span};
@@ -58,7 +61,10 @@ pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
 pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
     let root = run(Rule::expr_only, file, src)?;
     let cx = Cx { file, src };
-    let e = root.into_inner().find(|p| p.as_rule() == Rule::expr).expect("grammar: expr_only has an expr");
+    let e = root
+        .into_inner()
+        .find(|p| p.as_rule() == Rule::expr)
+        .expect("grammar: expr_only has an expr");
     cx.expr(e)
 }
 
@@ -141,14 +147,21 @@ fn sig(p: Pair<'_, Rule>) -> Vec<Pair<'_, Rule>> {
 /// from their first to their last child.
 fn tight(p: &Pair<'_, Rule>) -> (usize, usize) {
     let own = (p.as_span().start(), p.as_span().end());
-    if matches!(p.as_rule(), Rule::string | Rule::doc_block | Rule::op_callee) {
+    if matches!(
+        p.as_rule(),
+        Rule::string | Rule::doc_block | Rule::op_callee
+    ) {
         return own;
     }
     let mut inner = p.clone().into_inner();
-    let Some(first) = inner.next() else { return own };
+    let Some(first) = inner.next() else {
+        return own;
+    };
     let last = inner.last();
     let lo = tight(&first).0;
-    let hi = last.as_ref().map_or_else(|| tight(&first).1, |l| tight(l).1);
+    let hi = last
+        .as_ref()
+        .map_or_else(|| tight(&first).1, |l| tight(l).1);
     (lo, hi)
 }
 
@@ -170,7 +183,10 @@ impl Cx<'_> {
 
     fn ident(&self, p: Pair<'_, Rule>) -> Ident {
         debug_assert_eq!(p.as_rule(), Rule::ident);
-        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+        Ident {
+            name: p.as_str().to_string(),
+            span: self.span(&p),
+        }
     }
 
     fn opt_expr(&self, p: Option<Pair<'_, Rule>>) -> PResult<Option<Expr>> {
@@ -192,20 +208,35 @@ impl Cx<'_> {
         }
         let mut c = sig(s).into_iter();
         let kind = match rule {
-            Rule::let_stmt => StmtKind::Let { name: self.ident(take(&mut c)), value: self.expr(take(&mut c))? },
-            Rule::use_stmt => StmtKind::Use { path: c.map(|i| self.ident(i)).collect() },
-            Rule::import_stmt => StmtKind::Import { path: self.expr(take(&mut c))? },
-            Rule::config_stmt => StmtKind::Config { entries: c.map(|f| self.field(f)).collect::<PResult<_>>()? },
-            Rule::report_stmt => {
-                StmtKind::Report { value: self.expr(take(&mut c))?, name: self.opt_expr(c.next())? }
-            }
-            Rule::save_stmt => StmtKind::Save { value: self.expr(take(&mut c))?, path: self.expr(take(&mut c))? },
-            Rule::plot_stmt => {
-                StmtKind::Plot { call: self.plot_call(take(&mut c))?, to: self.opt_expr(c.next())? }
-            }
-            Rule::expect_stmt => {
-                StmtKind::Expect { cond: self.expr(take(&mut c))?, within: self.opt_expr(c.next())? }
-            }
+            Rule::let_stmt => StmtKind::Let {
+                name: self.ident(take(&mut c)),
+                value: self.expr(take(&mut c))?,
+            },
+            Rule::use_stmt => StmtKind::Use {
+                path: c.map(|i| self.ident(i)).collect(),
+            },
+            Rule::import_stmt => StmtKind::Import {
+                path: self.expr(take(&mut c))?,
+            },
+            Rule::config_stmt => StmtKind::Config {
+                entries: c.map(|f| self.field(f)).collect::<PResult<_>>()?,
+            },
+            Rule::report_stmt => StmtKind::Report {
+                value: self.expr(take(&mut c))?,
+                name: self.opt_expr(c.next())?,
+            },
+            Rule::save_stmt => StmtKind::Save {
+                value: self.expr(take(&mut c))?,
+                path: self.expr(take(&mut c))?,
+            },
+            Rule::plot_stmt => StmtKind::Plot {
+                call: self.plot_call(take(&mut c))?,
+                to: self.opt_expr(c.next())?,
+            },
+            Rule::expect_stmt => StmtKind::Expect {
+                cond: self.expr(take(&mut c))?,
+                within: self.opt_expr(c.next())?,
+            },
             r => unreachable!("grammar: unexpected statement rule {r:?}"),
         };
         Ok(Stmt { kind, span })
@@ -234,7 +265,10 @@ impl Cx<'_> {
             body: body.expect("grammar: def has a body"),
             doc,
         };
-        Ok(Stmt { kind, span: Span::new(self.file, lo, hi) })
+        Ok(Stmt {
+            kind,
+            span: Span::new(self.file, lo, hi),
+        })
     }
 
     /// Join `##` lines: drop `##` and one following space, trim line ends. A first line that
@@ -271,7 +305,11 @@ impl Cx<'_> {
         let span = self.span(&p);
         let mut c = sig(p).into_iter();
         let name = self.ident(c.next().expect("grammar: type has a name"));
-        TypeExpr { name, args: c.map(|a| self.type_expr(a)).collect(), span }
+        TypeExpr {
+            name,
+            args: c.map(|a| self.type_expr(a)).collect(),
+            span,
+        }
     }
 
     fn block(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
@@ -283,13 +321,19 @@ impl Cx<'_> {
                 Rule::block_let => {
                     let mut l = sig(c).into_iter();
                     let name = self.ident(l.next().expect("grammar: let has a name"));
-                    lets.push((name, self.expr(l.next().expect("grammar: let has a value"))?));
+                    lets.push((
+                        name,
+                        self.expr(l.next().expect("grammar: let has a value"))?,
+                    ));
                 }
                 _ => result = Some(self.expr(c)?),
             }
         }
         let result = Box::new(result.expect("grammar: block has a result"));
-        Ok(Expr { kind: ExprKind::Block { lets, result }, span })
+        Ok(Expr {
+            kind: ExprKind::Block { lets, result },
+            span,
+        })
     }
 
     /// `plot KIND(args)` as a call of `plot.KIND`.
@@ -300,7 +344,12 @@ impl Cx<'_> {
         let mut args = Vec::new();
         for c in p.into_inner() {
             match c.as_rule() {
-                Rule::kw_plot => verb = Some(Ident { name: "plot".into(), span: self.span(&c) }),
+                Rule::kw_plot => {
+                    verb = Some(Ident {
+                        name: "plot".into(),
+                        span: self.span(&c),
+                    })
+                }
                 Rule::ident => method = Some(self.ident(c)),
                 Rule::arg => args.push(self.arg(c)?),
                 _ => {}
@@ -310,13 +359,19 @@ impl Cx<'_> {
             verb: verb.expect("grammar: plot keyword"),
             method: method.expect("grammar: plot kind"),
         };
-        Ok(Expr { kind: ExprKind::Call { callee, args }, span })
+        Ok(Expr {
+            kind: ExprKind::Call { callee, args },
+            span,
+        })
     }
 
     fn field(&self, p: Pair<'_, Rule>) -> PResult<(Ident, Expr)> {
         let mut c = sig(p).into_iter();
         let name = self.ident(c.next().expect("grammar: field has a name"));
-        Ok((name, self.expr(c.next().expect("grammar: field has a value"))?))
+        Ok((
+            name,
+            self.expr(c.next().expect("grammar: field has a value"))?,
+        ))
     }
 
     fn arg(&self, p: Pair<'_, Rule>) -> PResult<Arg> {
@@ -329,7 +384,11 @@ impl Cx<'_> {
                 _ => value = Some(self.expr(c)?),
             }
         }
-        Ok(Arg { name, value: value.expect("grammar: argument has a value"), span })
+        Ok(Arg {
+            name,
+            value: value.expect("grammar: argument has a value"),
+            span,
+        })
     }
 
     fn pattern(&self, p: Pair<'_, Rule>) -> Pattern {
@@ -348,7 +407,9 @@ impl Cx<'_> {
     fn expr(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
         let span = self.span(&p);
         let kind = match p.as_rule() {
-            Rule::expr => return self.expr(p.into_inner().next().expect("grammar: expr has a child")),
+            Rule::expr => {
+                return self.expr(p.into_inner().next().expect("grammar: expr has a child"))
+            }
             Rule::or_expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
                 return self.binary(p)
             }
@@ -361,7 +422,10 @@ impl Cx<'_> {
                     _ => return self.expr(first),
                 };
                 let operand = self.expr(c.next().expect("grammar: prefix operand"))?;
-                ExprKind::Unary { op, operand: Box::new(operand) }
+                ExprKind::Unary {
+                    op,
+                    operand: Box::new(operand),
+                }
             }
             Rule::postfix => return self.postfix(p),
             Rule::float => {
@@ -370,7 +434,11 @@ impl Cx<'_> {
                     Ok(v) if v.is_finite() => ExprKind::Float(v),
                     _ => {
                         return Err(self
-                            .err(span.lo as usize, span.hi as usize, "float literal out of range")
+                            .err(
+                                span.lo as usize,
+                                span.hi as usize,
+                                "float literal out of range",
+                            )
                             .with_label("too large for a 64-bit float"))
                     }
                 }
@@ -379,7 +447,11 @@ impl Cx<'_> {
                 Ok(v) => ExprKind::Int(v),
                 Err(_) => {
                     return Err(self
-                        .err(span.lo as usize, span.hi as usize, "integer literal too large")
+                        .err(
+                            span.lo as usize,
+                            span.hi as usize,
+                            "integer literal too large",
+                        )
                         .with_label("does not fit in a 64-bit integer")
                         .with_help("integers are 64-bit; write a float such as `1e20` instead"))
                 }
@@ -389,7 +461,10 @@ impl Cx<'_> {
             Rule::none_lit => ExprKind::None,
             Rule::ident => ExprKind::Name(self.ident(p)),
             Rule::paren => {
-                let inner = sig(p).into_iter().next().expect("grammar: paren has an expr");
+                let inner = sig(p)
+                    .into_iter()
+                    .next()
+                    .expect("grammar: paren has an expr");
                 let mut e = self.expr(inner)?;
                 e.span = span;
                 return Ok(e);
@@ -408,14 +483,27 @@ impl Cx<'_> {
                     Some(tail) => {
                         let body = Box::new(items.pop().expect("grammar: comprehension body"));
                         let mut t = sig(tail).into_iter();
-                        let pattern = self.pattern(t.next().expect("grammar: comprehension pattern"));
-                        let iter = Box::new(self.expr(t.next().expect("grammar: comprehension iterable"))?);
+                        let pattern =
+                            self.pattern(t.next().expect("grammar: comprehension pattern"));
+                        let iter = Box::new(
+                            self.expr(t.next().expect("grammar: comprehension iterable"))?,
+                        );
                         let cond = t.next().map(|c| self.expr(c).map(Box::new)).transpose()?;
-                        ExprKind::Comprehension { body, pattern, iter, cond }
+                        ExprKind::Comprehension {
+                            body,
+                            pattern,
+                            iter,
+                            cond,
+                        }
                     }
                 }
             }
-            Rule::record => ExprKind::Record(sig(p).into_iter().map(|f| self.field(f)).collect::<PResult<_>>()?),
+            Rule::record => ExprKind::Record(
+                sig(p)
+                    .into_iter()
+                    .map(|f| self.field(f))
+                    .collect::<PResult<_>>()?,
+            ),
             Rule::op_call | Rule::call => {
                 let mut callee = None;
                 let mut args = Vec::new();
@@ -431,7 +519,10 @@ impl Cx<'_> {
                         _ => args.push(self.arg(c)?),
                     }
                 }
-                ExprKind::Call { callee: callee.expect("grammar: call has a callee"), args }
+                ExprKind::Call {
+                    callee: callee.expect("grammar: call has a callee"),
+                    args,
+                }
             }
             r => unreachable!("grammar: unexpected expression rule {r:?}"),
         };
@@ -461,7 +552,14 @@ impl Cx<'_> {
                 o => unreachable!("grammar: unknown operator {o:?}"),
             };
             let span = lhs.span.to(rhs.span);
-            lhs = Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span };
+            lhs = Expr {
+                kind: ExprKind::Binary {
+                    op,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
+                span,
+            };
         }
         Ok(lhs)
     }
@@ -474,10 +572,19 @@ impl Cx<'_> {
             let hi = tight(&op).1;
             let span = Span::new(self.file, base.span.lo as usize, hi);
             let rule = op.as_rule();
-            let inner = sig(op).into_iter().next().expect("grammar: postfix operand");
+            let inner = sig(op)
+                .into_iter()
+                .next()
+                .expect("grammar: postfix operand");
             let kind = match rule {
-                Rule::field_access => ExprKind::Field { base: Box::new(base), field: self.ident(inner) },
-                _ => ExprKind::Index { base: Box::new(base), index: Box::new(self.expr(inner)?) },
+                Rule::field_access => ExprKind::Field {
+                    base: Box::new(base),
+                    field: self.ident(inner),
+                },
+                _ => ExprKind::Index {
+                    base: Box::new(base),
+                    index: Box::new(self.expr(inner)?),
+                },
             };
             base = Expr { kind, span };
         }
@@ -486,7 +593,10 @@ impl Cx<'_> {
 
     /// The value of a string literal; escapes `\" \\ \n \t`.
     fn string(&self, p: Pair<'_, Rule>) -> PResult<String> {
-        let inner = p.into_inner().find(|c| c.as_rule() == Rule::str_inner).expect("grammar: string body");
+        let inner = p
+            .into_inner()
+            .find(|c| c.as_rule() == Rule::str_inner)
+            .expect("grammar: string body");
         let base = inner.as_span().start();
         let text = inner.as_str();
         let mut out = String::with_capacity(text.len());
@@ -496,7 +606,9 @@ impl Cx<'_> {
                 out.push(ch);
                 continue;
             }
-            let (j, esc) = chars.next().expect("grammar: a backslash is followed by a character");
+            let (j, esc) = chars
+                .next()
+                .expect("grammar: a backslash is followed by a character");
             out.push(match esc {
                 '"' => '"',
                 '\\' => '\\',
@@ -504,7 +616,11 @@ impl Cx<'_> {
                 't' => '\t',
                 _ => {
                     return Err(self
-                        .err(base + i, base + j + esc.len_utf8(), format!("unknown escape `\\{esc}` in string"))
+                        .err(
+                            base + i,
+                            base + j + esc.len_utf8(),
+                            format!("unknown escape `\\{esc}` in string"),
+                        )
                         .with_label("unknown escape")
                         .with_help("supported escapes are `\\\"`, `\\\\`, `\\n` and `\\t`"))
                 }
@@ -593,6 +709,8 @@ fn describe(rule: Rule) -> &'static str {
         | Rule::doc_sep
         | Rule::doc_before_def
         | Rule::ident_char
+        | Rule::ident_raw
+        | Rule::op_head
         | Rule::keyword
         | Rule::primary
         | Rule::digits
@@ -645,9 +763,14 @@ fn token_at(src: &str, pos: usize) -> Option<(usize, usize)> {
     let rest = src.get(pos..)?;
     let first = rest.chars().next()?;
     let len = if first.is_ascii_alphanumeric() || first == '_' {
-        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || (first.is_ascii_digit() && c == '.')))
-            .unwrap_or(rest.len())
-    } else if ["==", "!=", "<=", ">=", "++"].iter().any(|op| rest.starts_with(op)) {
+        rest.find(|c: char| {
+            !(c.is_ascii_alphanumeric() || c == '_' || (first.is_ascii_digit() && c == '.'))
+        })
+        .unwrap_or(rest.len())
+    } else if ["==", "!=", "<=", ">=", "++"]
+        .iter()
+        .any(|op| rest.starts_with(op))
+    {
         2
     } else {
         first.len_utf8()
@@ -739,7 +862,10 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
         }
     };
     let (positives, negatives) = match &e.variant {
-        ErrorVariant::ParsingError { positives, negatives } => (positives.clone(), negatives.clone()),
+        ErrorVariant::ParsingError {
+            positives,
+            negatives,
+        } => (positives.clone(), negatives.clone()),
         ErrorVariant::CustomError { message } => {
             return Diagnostic::error(CODE, message.clone(), point(file, src, pos));
         }
@@ -766,13 +892,20 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     // A reserved word where a name was expected.
     if (has(Rule::ident) || has(Rule::pattern)) && is_reserved {
         let (lo, hi) = token.expect("a reserved word is a token");
-        return Diagnostic::error(CODE, format!("`{token_text}` is a reserved word"), at(lo, hi))
-            .with_label("a reserved word cannot be used as a name")
-            .with_help(format!("pick another name, e.g. `{token_text}_`"));
+        return Diagnostic::error(
+            CODE,
+            format!("`{token_text}` is a reserved word"),
+            at(lo, hi),
+        )
+        .with_label("a reserved word cannot be used as a name")
+        .with_help(format!("pick another name, e.g. `{token_text}_`"));
     }
 
     // Chained comparisons: `a < b < c`.
-    if matches!(token_text, "==" | "!=" | "<" | "<=" | ">" | ">=") && has(Rule::add_op) && !has(Rule::cmp_op) {
+    if matches!(token_text, "==" | "!=" | "<" | "<=" | ">" | ">=")
+        && has(Rule::add_op)
+        && !has(Rule::cmp_op)
+    {
         let (lo, hi) = token.expect("an operator is a token");
         return Diagnostic::error(CODE, "comparison operators cannot be chained", at(lo, hi))
             .with_label("a second comparison")
@@ -780,9 +913,17 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     }
 
     // What to list as expected: the most specific rules.
-    let mut main: Vec<Rule> = positives.iter().copied().filter(|r| !is_continuation(*r) && *r != Rule::EOI).collect();
+    let mut main: Vec<Rule> = positives
+        .iter()
+        .copied()
+        .filter(|r| !is_continuation(*r) && *r != Rule::EOI)
+        .collect();
     if main.is_empty() {
-        main = if has(Rule::EOI) { vec![Rule::EOI] } else { positives.clone() };
+        main = if has(Rule::EOI) {
+            vec![Rule::EOI]
+        } else {
+            positives.clone()
+        };
     }
     // Closing brackets read best last: "expected `,` or `)`".
     main.sort_by_key(|r| matches!(r, Rule::rparen | Rule::rbracket | Rule::rbrace | Rule::gt));
@@ -796,28 +937,65 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     let expected = join_or(&names);
 
     let (message, label) = if names == ["end of input"] {
-        (format!("unexpected {found}"), "nothing more was expected here".to_string())
+        (
+            format!("unexpected {found}"),
+            "nothing more was expected here".to_string(),
+        )
     } else if names.is_empty() && !negatives.is_empty() {
-        (format!("unexpected {found}"), "not allowed here".to_string())
+        (
+            format!("unexpected {found}"),
+            "not allowed here".to_string(),
+        )
     } else {
-        (format!("expected {expected}, found {found}"), format!("expected {expected}"))
+        (
+            format!("expected {expected}, found {found}"),
+            format!("expected {expected}"),
+        )
     };
     let mut d = Diagnostic::error(CODE, message, point(file, src, pos)).with_label(label);
 
     let expects = |s: &str| names.contains(&s);
     let prev = token_before(src, pos);
-    let help = if is_reserved && expects("an expression") {
-        Some(format!("`{token_text}` is a reserved word and cannot be used as a name"))
-    } else if token_text == "=" && expects("`:`") {
+    let statement_kw = [
+        "let", "def", "use", "import", "config", "report", "save", "plot", "expect",
+    ];
+    let help = if token_text == "=" && expects("`:`") {
         Some("record and config fields are written `name: value`".to_string())
     } else if token_text == "=" && has(Rule::add_op) {
         Some("to compare two values use `==`".to_string())
     } else if names == ["`=`"] {
         Some("a binding is written `let name = value`".to_string())
+    } else if expects("`=`") && expects("`{`") {
+        Some("a def body is `= expression` or a `{ … }` block".to_string())
+    } else if expects("`let`") && token_text == "}" {
+        Some("a `{ … }` body must end with an expression: its value".to_string())
     } else if expects("an expression")
-        && matches!(prev, "+" | "-" | "*" | "/" | "++" | "==" | "!=" | "<" | "<=" | ">" | ">=" | "and" | "or" | "not")
+        && matches!(
+            prev,
+            "+" | "-"
+                | "*"
+                | "/"
+                | "++"
+                | "=="
+                | "!="
+                | "<"
+                | "<="
+                | ">"
+                | ">="
+                | "and"
+                | "or"
+                | "not"
+        )
     {
         Some(format!("`{prev}` needs an expression on its right"))
+    } else if is_reserved && statement_kw.contains(&token_text) && !expects("a statement") {
+        Some(format!(
+            "`{token_text}` starts a new statement; is something missing before it?"
+        ))
+    } else if is_reserved && expects("an expression") {
+        Some(format!(
+            "`{token_text}` is a reserved word and cannot be used as a name"
+        ))
     } else if expects("a statement") && token.is_some() {
         let after = token.map_or("", |(_, hi)| src[hi..].trim_start());
         if token_text.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -828,11 +1006,15 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
         } else {
             Some(
                 "a file is a sequence of statements: `let`, `def`, `use`, `import`, `config`, `report`, \
-                 `save`, `plot` or `expect`"
+                 `save`, `plot` or `expect` (to show a value, write `report …`)"
                     .to_string(),
             )
         }
-    } else if expects("`,`") && token.is_some() && !matches!(token_text, ")" | "]" | "}") {
+    } else if expects("`,`")
+        && token.is_some()
+        && !is_reserved
+        && !matches!(token_text, ")" | "]" | "}")
+    {
         Some("separate items with `,`".to_string())
     } else {
         None
@@ -842,7 +1024,11 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     }
 
     // Point at the bracket that a missing closer belongs to.
-    let closers = [(Rule::rparen, '('), (Rule::rbracket, '['), (Rule::rbrace, '{')];
+    let closers = [
+        (Rule::rparen, '('),
+        (Rule::rbracket, '['),
+        (Rule::rbrace, '{'),
+    ];
     if let Some((open_at, open)) = unclosed_bracket(src, pos) {
         if closers.iter().any(|(r, o)| *o == open && main.contains(r)) {
             d = d.with_secondary(at(open_at, open_at + 1), format!("unclosed `{open}`"));
@@ -851,8 +1037,13 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     d
 }
 
-/// A one-character span at `pos`, or an empty one at the end of the text or a line break.
+/// A one-character span at `pos`, or an empty one at a line break or at the end of the text
+/// (placed right after the last non-blank character, so that it shows next to the code).
 fn point(file: FileId, src: &str, pos: usize) -> Span {
+    if src[pos..].trim().is_empty() {
+        let end = src.trim_end().len().min(pos);
+        return Span::new(file, end, end);
+    }
     let len = match src[pos..].chars().next() {
         None | Some('\n') | Some('\r') => 0,
         Some(c) => c.len_utf8(),
@@ -871,7 +1062,9 @@ mod tests {
     }
 
     fn m(src: &str) -> Vec<Stmt> {
-        parse(F, src).unwrap_or_else(|d| panic!("{src:?}: {} {:?}", d.message, d.span)).stmts
+        parse(F, src)
+            .unwrap_or_else(|d| panic!("{src:?}: {} {:?}", d.message, d.span))
+            .stmts
     }
 
     fn err(src: &str) -> Diagnostic {
@@ -893,14 +1086,27 @@ mod tests {
             ExprKind::Name(n) => n.name.clone(),
             ExprKind::List(xs) => format!("[{}]", xs.iter().map(sx).collect::<Vec<_>>().join(" ")),
             ExprKind::Record(fs) => {
-                format!("{{{}}}", fs.iter().map(|(k, v)| format!("{}:{}", k.name, sx(v))).collect::<Vec<_>>().join(" "))
+                format!(
+                    "{{{}}}",
+                    fs.iter()
+                        .map(|(k, v)| format!("{}:{}", k.name, sx(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
             }
-            ExprKind::Comprehension { body, pattern, iter, cond } => format!(
+            ExprKind::Comprehension {
+                body,
+                pattern,
+                iter,
+                cond,
+            } => format!(
                 "(for {} {} {}{})",
                 pat(pattern),
                 sx(iter),
                 sx(body),
-                cond.as_ref().map(|c| format!(" if {}", sx(c))).unwrap_or_default()
+                cond.as_ref()
+                    .map(|c| format!(" if {}", sx(c)))
+                    .unwrap_or_default()
             ),
             ExprKind::Call { callee, args } => {
                 let args: Vec<String> = args
@@ -910,15 +1116,28 @@ mod tests {
                         None => sx(&a.value),
                     })
                     .collect();
-                format!("({}{}{})", callee.dotted(), if args.is_empty() { "" } else { " " }, args.join(" "))
+                format!(
+                    "({}{}{})",
+                    callee.dotted(),
+                    if args.is_empty() { "" } else { " " },
+                    args.join(" ")
+                )
             }
             ExprKind::Field { base, field } => format!("(. {} {})", sx(base), field.name),
             ExprKind::Index { base, index } => format!("([] {} {})", sx(base), sx(index)),
-            ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", op.symbol(), sx(lhs), sx(rhs)),
-            ExprKind::Unary { op, operand } => format!("({} {})", if *op == UnOp::Neg { "neg" } else { "not" }, sx(operand)),
+            ExprKind::Binary { op, lhs, rhs } => {
+                format!("({} {} {})", op.symbol(), sx(lhs), sx(rhs))
+            }
+            ExprKind::Unary { op, operand } => format!(
+                "({} {})",
+                if *op == UnOp::Neg { "neg" } else { "not" },
+                sx(operand)
+            ),
             ExprKind::Block { lets, result } => format!(
                 "{{{}{}}}",
-                lets.iter().map(|(n, v)| format!("let {} {}; ", n.name, sx(v))).collect::<String>(),
+                lets.iter()
+                    .map(|(n, v)| format!("let {} {}; ", n.name, sx(v)))
+                    .collect::<String>(),
                 sx(result)
             ),
         }
@@ -927,7 +1146,9 @@ mod tests {
     fn pat(p: &Pattern) -> String {
         match p {
             Pattern::Name(n) => n.name.clone(),
-            Pattern::Tuple(ps, _) => format!("({})", ps.iter().map(pat).collect::<Vec<_>>().join(" ")),
+            Pattern::Tuple(ps, _) => {
+                format!("({})", ps.iter().map(pat).collect::<Vec<_>>().join(" "))
+            }
         }
     }
 
@@ -944,7 +1165,10 @@ mod tests {
         assert_eq!(sx(&e("not not a")), "(not (not a))");
         assert_eq!(sx(&e("-a.b[0] * 2")), "(* (neg ([] (. a b) 0)) 2)");
         assert_eq!(sx(&e("- - 1")), "(neg (neg 1))");
-        assert_eq!(sx(&e("a + 1 >= b * 2 or x != y")), "(or (>= (+ a 1) (* b 2)) (!= x y))");
+        assert_eq!(
+            sx(&e("a + 1 >= b * 2 or x != y")),
+            "(or (>= (+ a 1) (* b 2)) (!= x y))"
+        );
         assert_eq!(sx(&e("xs[i + 1].name")), "(. ([] xs (+ i 1)) name)");
         // Only names and operator calls can be called.
         assert!(parse_expr(F, "f(x)(1)").is_err());
@@ -969,7 +1193,10 @@ mod tests {
         assert_eq!(e("true").kind, ExprKind::Bool(true));
         assert_eq!(e("false").kind, ExprKind::Bool(false));
         assert_eq!(e("none").kind, ExprKind::None);
-        assert_eq!(e(r#""a\"b\\c\nd\te""#).kind, ExprKind::Str("a\"b\\c\nd\te".into()));
+        assert_eq!(
+            e(r#""a\"b\\c\nd\te""#).kind,
+            ExprKind::Str("a\"b\\c\nd\te".into())
+        );
         assert_eq!(e(r#""""#).kind, ExprKind::Str(String::new()));
         assert!(matches!(e("truex").kind, ExprKind::Name(_)));
         assert!(matches!(e("none_").kind, ExprKind::Name(_)));
@@ -993,13 +1220,31 @@ mod tests {
 
     #[test]
     fn comprehension_with_in_range() {
-        assert_eq!(sx(&e("[f(x) for x in range(3)]")), "(for x (range 3) (f x))");
-        assert_eq!(sx(&e("[x for x in xs if x > 1]")), "(for x xs x if (> x 1))");
-        assert_eq!(sx(&e("[a + b for (a, b) in zip(xs, ys)]")), "(for (a b) (zip xs ys) (+ a b))");
+        assert_eq!(
+            sx(&e("[f(x) for x in range(3)]")),
+            "(for x (range 3) (f x))"
+        );
+        assert_eq!(
+            sx(&e("[x for x in xs if x > 1]")),
+            "(for x xs x if (> x 1))"
+        );
+        assert_eq!(
+            sx(&e("[a + b for (a, b) in zip(xs, ys)]")),
+            "(for (a b) (zip xs ys) (+ a b))"
+        );
         assert_eq!(sx(&e("[a for (a, (b, c)) in ps]")), "(for (a (b c)) ps a)");
-        assert_eq!(sx(&e("[[y for y in x] for x in xss]")), "(for x xss (for y x y))");
+        assert_eq!(
+            sx(&e("[[y for y in x] for x in xss]")),
+            "(for x xss (for y x y))"
+        );
         let c = e("[t for (m, t) in zip(a, b)]");
-        let ExprKind::Comprehension { pattern: Pattern::Tuple(ps, span), .. } = c.kind else { panic!() };
+        let ExprKind::Comprehension {
+            pattern: Pattern::Tuple(ps, span),
+            ..
+        } = c.kind
+        else {
+            panic!()
+        };
         assert_eq!(ps.len(), 2);
         assert_eq!(span, Span::new(F, 7, 13));
     }
@@ -1010,7 +1255,10 @@ mod tests {
             sx(&e("merge uncertainty(models, hessians, delta0=1e-12)")),
             "(merge.uncertainty models hessians delta0=1e-12)"
         );
-        assert_eq!(sx(&e("cluster affinity(tasks, k=5)")), "(cluster.affinity tasks k=5)");
+        assert_eq!(
+            sx(&e("cluster affinity(tasks, k=5)")),
+            "(cluster.affinity tasks k=5)"
+        );
         assert_eq!(sx(&e("load model(\"m\")")), "(load.model \"m\")");
         assert_eq!(sx(&e("len(xs)")), "(len xs)");
         assert_eq!(sx(&e("f()")), "(f)");
@@ -1025,11 +1273,17 @@ mod tests {
     fn call_and_arg_spans() {
         let src = "let x = merge ties(ms, k = 5) + 1";
         let s = m(src);
-        let StmtKind::Let { value, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Let { value, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(text(src, s[0].span), src);
-        let ExprKind::Binary { lhs, .. } = &value.kind else { panic!() };
+        let ExprKind::Binary { lhs, .. } = &value.kind else {
+            panic!()
+        };
         assert_eq!(text(src, lhs.span), "merge ties(ms, k = 5)");
-        let ExprKind::Call { callee, args } = &lhs.kind else { panic!() };
+        let ExprKind::Call { callee, args } = &lhs.kind else {
+            panic!()
+        };
         assert_eq!(text(src, callee.span()), "merge ties");
         assert_eq!(callee.dotted(), "merge.ties");
         assert_eq!(text(src, args[0].span), "ms");
@@ -1044,8 +1298,12 @@ mod tests {
         let s = m(src);
         assert_eq!(text(src, s[0].span), "let x = (a + b) * c");
         assert_eq!(text(src, s[1].span), "let y = f(x)");
-        let StmtKind::Let { value, .. } = &s[0].kind else { panic!() };
-        let ExprKind::Binary { lhs, .. } = &value.kind else { panic!() };
+        let StmtKind::Let { value, .. } = &s[0].kind else {
+            panic!()
+        };
+        let ExprKind::Binary { lhs, .. } = &value.kind else {
+            panic!()
+        };
         assert_eq!(text(src, lhs.span), "(a + b)");
         let src = "report [x.y for x in xs]  as  \"n\"  ";
         let s = m(src);
@@ -1056,21 +1314,29 @@ mod tests {
     fn doc_comments_attach_to_def() {
         let src = "# plain\n## Leave-one-out.\n##   indented\n##\ndef f(x) = x\n## stray\n\ndef g() = 1\n";
         let s = m(src);
-        let StmtKind::Def { doc, name, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Def { doc, name, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(name.name, "f");
         assert_eq!(doc.as_deref(), Some("Leave-one-out.\n  indented\n"));
         assert_eq!(text(src, s[0].span), "def f(x) = x");
-        let StmtKind::Def { doc, .. } = &s[1].kind else { panic!() };
+        let StmtKind::Def { doc, .. } = &s[1].kind else {
+            panic!()
+        };
         assert_eq!(doc, &None);
         // `##` elsewhere is a comment; `##` before something else than `def` too.
         let s = m("## top\nlet a = 1 ## trailing\nlet b = 2\n## not doc\nlet c = 3");
         assert_eq!(s.len(), 3);
         // A trailing `##` comment on the line before a `def` is not its doc.
         let s = m("let a = 1 ## trailing\ndef f() = 1");
-        let StmtKind::Def { doc, .. } = &s[1].kind else { panic!() };
+        let StmtKind::Def { doc, .. } = &s[1].kind else {
+            panic!()
+        };
         assert_eq!(doc, &None);
         let s = m("let a = 1 ## trailing\n## real\ndef f() = 1");
-        let StmtKind::Def { doc, .. } = &s[1].kind else { panic!() };
+        let StmtKind::Def { doc, .. } = &s[1].kind else {
+            panic!()
+        };
         assert_eq!(doc.as_deref(), Some("real"));
     }
 
@@ -1078,7 +1344,9 @@ mod tests {
     fn def_forms() {
         let src = "def f(a, b: Int, c = 1, d: List<Model> = [],) { let n = 1; let m = 2\n n + m }";
         let s = m(src);
-        let StmtKind::Def { params, body, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Def { params, body, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(params.len(), 4);
         assert_eq!(params[1].ty.as_ref().unwrap().name.name, "Int");
         let ty = params[3].ty.as_ref().unwrap();
@@ -1090,14 +1358,20 @@ mod tests {
         // The result of a block can start on the next line with a `(` or `[`: in `let n = xs\n[…]`
         // a list result is taken as an index only if it parses as one.
         let s = m("def g(xs) {\n let n = len(xs)\n [x for x in xs if n > 1]\n}");
-        let StmtKind::Def { body, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Def { body, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(sx(body), "{let n (len xs); (for x xs x if (> n 1))}");
         // A plain call on the next line is not an operator call.
         let s = m("def h(xs) {\n let n = xs\n len(n)\n}");
-        let StmtKind::Def { body, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Def { body, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(sx(body), "{let n xs; (len n)}");
         let s = m("def k(t: Map<Str, List<Int>>) = {a: 1}");
-        let StmtKind::Def { params, body, .. } = &s[0].kind else { panic!() };
+        let StmtKind::Def { params, body, .. } = &s[0].kind else {
+            panic!()
+        };
         assert_eq!(params[0].ty.as_ref().unwrap().args.len(), 2);
         assert_eq!(sx(body), "{a:1}");
     }
@@ -1107,23 +1381,39 @@ mod tests {
         let s = m("use std.merge\nimport \"lib.exp\"\nconfig { seed: 42, device: auto, }\nreport x\nreport y as \"n\"\n\
                    save m to \"out\"\nplot heatmap(ws) to \"w.svg\"\nplot curve(a)\nexpect a >= b within 0.01\nexpect ok");
         assert_eq!(s.len(), 10);
-        let StmtKind::Use { path } = &s[0].kind else { panic!() };
-        assert_eq!(path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["std", "merge"]);
-        let StmtKind::Config { entries } = &s[2].kind else { panic!() };
+        let StmtKind::Use { path } = &s[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+            ["std", "merge"]
+        );
+        let StmtKind::Config { entries } = &s[2].kind else {
+            panic!()
+        };
         assert_eq!(entries.len(), 2);
         assert!(matches!(entries[1].1.kind, ExprKind::Name(_)));
-        let StmtKind::Plot { call, to } = &s[6].kind else { panic!() };
+        let StmtKind::Plot { call, to } = &s[6].kind else {
+            panic!()
+        };
         assert_eq!(sx(call), "(plot.heatmap ws)");
         assert!(to.is_some());
-        let StmtKind::Plot { to, .. } = &s[7].kind else { panic!() };
+        let StmtKind::Plot { to, .. } = &s[7].kind else {
+            panic!()
+        };
         assert!(to.is_none());
     }
 
     #[test]
     fn lines() {
-        assert!(matches!(parse_line(F, "let x = 1 let y = 2").unwrap(), Line::Stmts(s) if s.len() == 2));
+        assert!(
+            matches!(parse_line(F, "let x = 1 let y = 2").unwrap(), Line::Stmts(s) if s.len() == 2)
+        );
         assert!(matches!(parse_line(F, "x + 1").unwrap(), Line::Expr(_)));
-        assert!(matches!(parse_line(F, "load model(\"m\")").unwrap(), Line::Expr(_)));
+        assert!(matches!(
+            parse_line(F, "load model(\"m\")").unwrap(),
+            Line::Expr(_)
+        ));
         assert_eq!(parse_line(F, "  # nothing").unwrap(), Line::Stmts(vec![]));
         assert!(parse_line(F, "let x = 1 x").is_err());
         // Files reject bare expressions.
@@ -1150,7 +1440,7 @@ mod tests {
         assert_eq!(d.secondary[0].span, Span::new(F, 9, 10));
         let d = err("let x = 1 +\n");
         assert_eq!(d.message, "expected an expression, found end of input");
-        assert_eq!(d.span, Some(Span::new(F, 12, 12)));
+        assert_eq!(d.span, Some(Span::new(F, 11, 11)));
         let d = err("let x 5");
         assert_eq!(d.message, "expected `=`, found `5`");
         assert_eq!(d.span, Some(Span::new(F, 6, 7)));

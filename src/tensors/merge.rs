@@ -14,7 +14,7 @@ use crate::diag::OpError;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Figures from one merge.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,41 +103,7 @@ pub fn merge_streaming(
         .collect();
     let opts = WriterOptions { metadata, ..WriterOptions::default() };
     let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
-    let mut bytes_read = 0u64;
-    // Two-stage pipeline on two cores: a scoped reader thread decodes tensor k+1 from every
-    // input while this thread combines and writes tensor k. Buffer sets are recycled, so at most
-    // two sets (plus the combined result) are alive at once.
-    std::thread::scope(|scope| -> Result<(), OpError> {
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<f32>>, OpError>>(0);
-        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<Vec<f32>>>();
-        scope.spawn(move || {
-            for (name, (_, info)) in first.tensors() {
-                if !info.dtype.is_float() {
-                    continue;
-                }
-                let mut bufs = empty_rx.try_recv().unwrap_or_else(|_| vec![Vec::new(); inputs.len()]);
-                let res = read_inputs(inputs, name, &mut bufs).map(|_| bufs);
-                let failed = res.is_err();
-                if full_tx.send(res).is_err() || failed {
-                    return; // the writer side stopped, or we reported an error
-                }
-            }
-        });
-        for (name, (_, info)) in first.tensors() {
-            if !info.dtype.is_float() {
-                let raw = first.read_raw(name)?;
-                bytes_read += raw.len() as u64;
-                writer.write_raw(name, raw)?;
-                continue;
-            }
-            let bufs = full_rx.recv().map_err(|_| OpError::msg("merge reader thread stopped early"))??;
-            bytes_read += inputs.iter().map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64)).sum::<u64>();
-            let merged = combine(name, &bufs).map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
-            writer.write_f32(name, &merged)?;
-            let _ = empty_tx.send(bufs);
-        }
-        Ok(())
-    })?;
+    let bytes_read = stream_tensors(inputs, &mut writer, combine)?;
     let mut bytes_written = writer.finish()?.bytes;
 
     if let Some(config) = first.config() {
@@ -159,13 +125,103 @@ pub fn merge_streaming(
     Ok(MergeStats { tensors: specs.len(), bytes_read, bytes_written, seconds: start.elapsed().as_secs_f64() })
 }
 
-/// Decode tensor `name` of every input into `bufs` and drop the mapped pages afterwards.
+/// Decode tensor `name` of `inputs` into `bufs` (one per input) and drop the mapped pages.
 fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Result<(), OpError> {
     for (input, buf) in inputs.iter().zip(bufs.iter_mut()) {
         input.read_f32_into(name, buf)?;
         input.evict(name);
     }
     Ok(())
+}
+
+/// Work for the helper thread: decode `name` from the first `r` inputs into `bufs`.
+struct Job<'a> {
+    name: &'a str,
+    r: usize,
+    bufs: Vec<Vec<f32>>,
+}
+
+struct Decoded {
+    bufs: Vec<Vec<f32>>,
+    /// How long the helper sat idle before this job arrived.
+    idle: Duration,
+    result: Result<(), OpError>,
+}
+
+fn take(pool: &mut Vec<Vec<f32>>, k: usize) -> Vec<Vec<f32>> {
+    (0..k).map(|_| pool.pop().unwrap_or_default()).collect()
+}
+
+/// Read, combine and write every tensor in name order; returns the tensor bytes read.
+///
+/// Two cores, two threads: a scoped helper decodes the first `r` inputs of tensor k+1 while
+/// this thread combines and writes tensor k and then decodes the remaining `n - r` inputs of
+/// k+1 itself. `r` adapts so that neither side waits for the other. Buffers are recycled through
+/// a pool, so at most two tensors' worth of inputs (plus one combined result) are alive.
+fn stream_tensors(
+    inputs: &[&ModelDir],
+    writer: &mut SafetensorsWriter,
+    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
+) -> Result<u64, OpError> {
+    let n = inputs.len();
+    let first = inputs[0];
+    let floats: Vec<&str> =
+        first.tensors().iter().filter(|(_, (_, t))| t.dtype.is_float()).map(|(k, _)| k.as_str()).collect();
+    let mut bytes_read = 0u64;
+    std::thread::scope(|scope| -> Result<u64, OpError> {
+        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
+        scope.spawn(move || {
+            let mut since = Instant::now();
+            while let Ok(mut job) = job_rx.recv() {
+                let idle = since.elapsed();
+                let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
+                if done_tx.send(Decoded { bufs: job.bufs, idle, result }).is_err() {
+                    return;
+                }
+                since = Instant::now();
+            }
+        });
+        let mut pool: Vec<Vec<f32>> = Vec::new();
+        let (mut r, mut next) = (n, 0usize);
+        let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| {
+            if let Some(name) = floats.get(next) {
+                let _ = job_tx.send(Job { name, r, bufs: take(pool, r) });
+                next += 1;
+            }
+        };
+        send(&mut pool, r);
+        let mut r_sent = r;
+        for (name, (_, info)) in first.tensors() {
+            if !info.dtype.is_float() {
+                let raw = first.read_raw(name)?;
+                bytes_read += raw.len() as u64;
+                writer.write_raw(name, raw)?;
+                continue;
+            }
+            let mut own = take(&mut pool, n - r_sent);
+            read_inputs(&inputs[r_sent..], name, &mut own)?;
+            let waited = Instant::now();
+            let done = done_rx.recv().map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
+            let waited = waited.elapsed();
+            done.result?;
+            // Shift inputs towards whichever side waited less (±1 per tensor, ignoring jitter).
+            if waited > done.idle + Duration::from_micros(50) && r > 1 {
+                r -= 1;
+            } else if done.idle > waited + Duration::from_micros(50) && r < n {
+                r += 1;
+            }
+            send(&mut pool, r);
+            let mut bufs = done.bufs;
+            bufs.append(&mut own);
+            bytes_read += inputs.iter().map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64)).sum::<u64>();
+            let merged = combine(name, &bufs).map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
+            writer.write_f32(name, &merged)?;
+            pool.append(&mut bufs);
+            r_sent = r;
+        }
+        Ok(bytes_read)
+    })
 }
 
 /// Rename the finished temp dir to `out_dir`, replacing an existing one only now.

@@ -46,7 +46,11 @@ pub fn match_args<'e>(
                     diags.push(
                         Diagnostic::error(
                             "smelt::check::extra_argument",
-                            format!("`{callee}` takes at most {} arguments", params.len()),
+                            format!(
+                                "`{callee}` takes at most {} argument{}",
+                                params.len(),
+                                if params.len() == 1 { "" } else { "s" }
+                            ),
                             arg.span,
                         )
                         .with_label("extra argument")
@@ -96,8 +100,10 @@ pub fn match_args<'e>(
             }
         }
     }
+    // After a misplaced positional argument, "missing" reports would only repeat the problem.
+    let misplaced = diags.iter().any(|d| d.code == "smelt::check::positional_after_named");
     for (i, p) in params.iter().enumerate() {
-        if slots[i].is_none() && !p.has_default {
+        if slots[i].is_none() && !p.has_default && !misplaced {
             diags.push(
                 Diagnostic::error(
                     "smelt::check::missing_param",

@@ -218,6 +218,7 @@ impl fmt::Display for Ty {
             Ty::List(e) => write!(f, "List<{e}>"),
             Ty::Either(a, b) => write!(f, "{a} | {b}"),
             Ty::Opt(a) => write!(f, "{a}?"),
+            Ty::Any => write!(f, "Any"),
             other => write!(f, "{}", Type::from_ty(other)),
         }
     }
