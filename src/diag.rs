@@ -163,7 +163,7 @@ impl OpError {
             code: self.code,
             message: self.message,
             span: Some(span),
-            label: "while running this".into(),
+            label: "in this call".into(),
             help: self.help,
             secondary: Vec::new(),
             severity: Severity::Error,

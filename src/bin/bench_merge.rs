@@ -88,7 +88,10 @@ fn phases(copies: &[ModelDir], out: &Path, dtype: Dtype) -> Result<(f64, f64), O
                 writer.write_raw(name, copies[0].read_raw(name)?)?;
                 continue;
             }
-            let bufs = copies.iter().map(|m| m.read_f32(name)).collect::<Result<Vec<_>, _>>()?;
+            let bufs = copies
+                .iter()
+                .map(|m| m.read_f32(name))
+                .collect::<Result<Vec<_>, _>>()?;
             let t = Instant::now();
             let merged = mean(&bufs);
             c += t.elapsed().as_secs_f64();
@@ -110,7 +113,9 @@ fn run() -> Result<(), OpError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args.first().map(String::as_str).unwrap_or(DEFAULT_MODEL);
     let n: usize = match args.get(1) {
-        Some(s) => s.parse().map_err(|_| OpError::msg(format!("N must be a positive integer, got `{s}`")))?,
+        Some(s) => s
+            .parse()
+            .map_err(|_| OpError::msg(format!("N must be a positive integer, got `{s}`")))?,
         None => 4,
     };
     let base = ModelDir::open(model)?;
@@ -120,7 +125,8 @@ fn run() -> Result<(), OpError> {
         .map(|(_, t)| t.dtype)
         .find(|d| matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32))
         .unwrap_or(Dtype::F32);
-    let scratch = Scratch(std::env::temp_dir().join(format!("smelt-bench-merge-{}", std::process::id())));
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("smelt-bench-merge-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0)?;
     println!(
         "model {model}: {} tensors, {:.1} MB of {dtype}; n={n}",
@@ -132,7 +138,8 @@ fn run() -> Result<(), OpError> {
     let mut copies = Vec::new();
     for i in 0..n {
         let dir = scratch.0.join(format!("copy{i}"));
-        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut state =
+            0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
         let mut noise = |_: &str, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
             Ok(v[0]
                 .iter()
@@ -148,47 +155,21 @@ fn run() -> Result<(), OpError> {
         merge_streaming(&[&base], &dir, dtype, meta, &mut noise)?;
         copies.push(ModelDir::open(&dir)?);
     }
-    println!("made {n} perturbed copies in {:.3} s", t.elapsed().as_secs_f64());
+    println!(
+        "made {n} perturbed copies in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
 
-    if std::env::var_os("PARDEC").is_some() {
-        for _ in 0..5 {
-            let t = Instant::now();
-            std::thread::scope(|s| {
-                for half in copies.chunks(copies.len().div_ceil(2)) {
-                    s.spawn(move || {
-                        let mut v = Vec::new();
-                        for c in half { for name in c.tensors().keys() { c.read_f32_into(name, &mut v).unwrap(); } }
-                    });
-                }
-            });
-            let par = t.elapsed();
-            let t = Instant::now();
-            let mut v = Vec::new();
-            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut v).unwrap(); } }
-            let one = t.elapsed();
-            let t = Instant::now();
-            let mut vs = vec![Vec::new(); 8];
-            for (k, name) in copies[0].tensors().keys().enumerate() { for (i, c) in copies.iter().enumerate() { c.read_f32_into(name, &mut vs[(k % 2) * 4 + i]).unwrap(); } }
-            eprintln!("2 threads {par:?}, 1 thread {one:?}, 8 rotating bufs {:?}", t.elapsed());
-        }
-        return Ok(());
-    }
-    if std::env::var_os("ONLYMERGE").is_some() {
-        let refs: Vec<&ModelDir> = copies.iter().collect();
-        let out = scratch.0.join("merged");
-        for _ in 0..30 {
-            let t = Instant::now();
-            merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_, v: &[Vec<f32>]| Ok(mean(v)))?;
-            eprintln!("merge {:?}", t.elapsed());
-        }
-        return Ok(());
-    }
     let files: Vec<PathBuf> = copies.iter().flat_map(weight_files).collect();
     let mut buf = vec![0u8; 4 << 20];
     read_all(&files, &mut buf)?; // warm the page cache
     let (io_s, io_bytes) = best_of(|| read_all(&files, &mut buf))?;
     let gb = io_bytes as f64 / 1e9;
-    println!("io floor: read {:.1} MB in {io_s:.4} s ({:.2} GB/s)", io_bytes as f64 / 1e6, gb / io_s);
+    println!(
+        "io floor: read {:.1} MB in {io_s:.4} s ({:.2} GB/s)",
+        io_bytes as f64 / 1e6,
+        gb / io_s
+    );
 
     let mut vals = Vec::new();
     let (conv_s, _) = best_of(|| {
@@ -199,7 +180,10 @@ fn run() -> Result<(), OpError> {
         }
         Ok(())
     })?;
-    println!("read+convert to f32: {conv_s:.4} s ({:.2} GB/s input)", gb / conv_s);
+    println!(
+        "read+convert to f32: {conv_s:.4} s ({:.2} GB/s input)",
+        gb / conv_s
+    );
     drop(vals);
     let (combine_s, write_s) = phases(&copies, &scratch.0.join("phases.safetensors"), dtype)?;
     println!("phases alone: combine (mean) {combine_s:.4} s, convert+write output {write_s:.4} s");
@@ -209,7 +193,12 @@ fn run() -> Result<(), OpError> {
     let rss_before = status_mb("VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux ≥ 4.0)
     let (merge_s, stats) = best_of(|| {
-        merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_, v: &[Vec<f32>]| Ok(mean(v)))
+        merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_,
+                                                                   v: &[Vec<
+            f32,
+        >]| {
+            Ok(mean(v))
+        })
     })?;
     let peak = status_mb("VmHWM:");
     println!(

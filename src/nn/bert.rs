@@ -6,38 +6,17 @@
 //! on `[CLS]`), sequence-classification head and MLM head. Every projection is a
 //! [`Linear`](crate::nn::linear::Linear) so LoRA deltas can be injected (see `linears_mut`).
 //!
-//! MLM head: when the checkpoint has `cls.predictions.*` (BERT) or `lm_head.*` (RoBERTa) the full
-//! head is used (transform dense + act + LayerNorm + decoder + bias). The committed models have
-//! none; then the head is **tied decoder only**: `logits = hidden · Eᵀ` with `E` the word
-//! embeddings and no transform or bias (nothing is initialised at random). `mlm_is_tied_only`
-//! reports which case applies. No dropout: this is the eval-mode forward.
+//! The heads live in [`crate::nn::heads`]; without `cls.predictions.*` weights (the committed
+//! models have none) the MLM head is the **tied decoder only**: `logits = hidden · Eᵀ`.
+//! No dropout: this is the eval-mode forward.
 
 use crate::diag::OpError;
-use crate::nn::config::{Activation, BertConfig, BertFlavor};
+use crate::nn::config::{BertConfig, BertFlavor};
+use crate::nn::heads::{ClassifierHead, MlmHead};
 use crate::nn::linear::Linear;
-use crate::nn::ops::{layer_norm, mask_rows, padding_bias, softmax_last};
+use crate::nn::ops::{mask_rows, padding_bias, softmax_last, LayerNorm};
 use crate::nn::weights::Weights;
 use candle_core::{DType, Tensor, D};
-
-/// LayerNorm parameters.
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    fn load(w: &Weights, name: &str, h: usize, eps: f64) -> Result<LayerNorm, OpError> {
-        let weight = w.get_shape(&format!("{name}.weight"), &[h])?;
-        let bias = w.get_shape(&format!("{name}.bias"), &[h])?;
-        Ok(LayerNorm { weight, bias, eps })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct BertEmbeddings {
@@ -57,22 +36,6 @@ pub struct BertLayer {
     pub intermediate: Linear,
     pub output: Linear,
     pub out_norm: LayerNorm,
-}
-
-/// Sequence-classification head.
-#[derive(Debug, Clone)]
-pub enum ClassifierHead {
-    /// BERT: `classifier(pooled)` (on `[CLS]` when the model has no pooler).
-    Linear(Linear),
-    /// RoBERTa: `out_proj(tanh(dense(h[CLS])))`.
-    Roberta { dense: Linear, out_proj: Linear },
-}
-
-/// Masked-LM head; `transform` is `None` for the tied-decoder-only case.
-#[derive(Debug, Clone)]
-pub struct MlmHead {
-    pub transform: Option<(Linear, LayerNorm)>,
-    pub decoder: Linear,
 }
 
 #[derive(Debug, Clone)]
@@ -96,12 +59,57 @@ pub struct BertOutput {
     pub pooled: Option<Tensor>,
 }
 
+/// Tensor names and shapes of a bare encoder checkpoint for `c` (no prefix, with a pooler, no
+/// heads). Used with [`crate::nn::weights::synthetic`] to build tiny random encoders.
+pub fn checkpoint_shapes(c: &BertConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, f) = (c.hidden_size, c.intermediate_size);
+    let mut v = vec![
+        (
+            "embeddings.word_embeddings.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".to_string(),
+            vec![c.max_position_embeddings, h],
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".to_string(),
+            vec![c.type_vocab_size, h],
+        ),
+    ];
+    let linear = |v: &mut Vec<(String, Vec<usize>)>, n: String, o: usize, i: usize| {
+        v.push((format!("{n}.weight"), vec![o, i]));
+        v.push((format!("{n}.bias"), vec![o]));
+    };
+    let mut norm = vec!["embeddings.LayerNorm".to_string()];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for n in ["query", "key", "value"] {
+            linear(&mut v, format!("{p}.attention.self.{n}"), h, h);
+        }
+        linear(&mut v, format!("{p}.attention.output.dense"), h, h);
+        linear(&mut v, format!("{p}.intermediate.dense"), f, h);
+        linear(&mut v, format!("{p}.output.dense"), h, f);
+        norm.push(format!("{p}.attention.output.LayerNorm"));
+        norm.push(format!("{p}.output.LayerNorm"));
+    }
+    linear(&mut v, "pooler.dense".to_string(), h, h);
+    for n in norm {
+        v.push((format!("{n}.weight"), vec![h]));
+        v.push((format!("{n}.bias"), vec![h]));
+    }
+    v
+}
+
 impl BertModel {
     /// Loads weights named as in HF checkpoints, with or without a `bert.`/`roberta.` prefix.
     pub fn load(w: &mut Weights, config: &BertConfig) -> Result<BertModel, OpError> {
         let c = config;
         let (h, f) = (c.hidden_size, c.intermediate_size);
-        w.choose_prefix(&["", "bert.", "roberta.", "model."], "embeddings.word_embeddings.weight");
+        w.choose_prefix(
+            &["", "bert.", "roberta.", "model."],
+            "embeddings.word_embeddings.weight",
+        );
         let token_type = match w.get_opt("embeddings.token_type_embeddings.weight")? {
             Some(t) if t.dims() != [c.type_vocab_size, h] => {
                 return Err(OpError::new(
@@ -113,7 +121,10 @@ impl BertModel {
         };
         let embeddings = BertEmbeddings {
             word: w.get_shape("embeddings.word_embeddings.weight", &[c.vocab_size, h])?,
-            position: w.get_shape("embeddings.position_embeddings.weight", &[c.max_position_embeddings, h])?,
+            position: w.get_shape(
+                "embeddings.position_embeddings.weight",
+                &[c.max_position_embeddings, h],
+            )?,
             token_type,
             norm: LayerNorm::load(w, "embeddings.LayerNorm", h, c.layer_norm_eps)?,
         };
@@ -125,23 +136,50 @@ impl BertModel {
                 key: w.linear(&format!("{p}.attention.self.key"), h, h, true)?,
                 value: w.linear(&format!("{p}.attention.self.value"), h, h, true)?,
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h, true)?,
-                attn_norm: LayerNorm::load(w, &format!("{p}.attention.output.LayerNorm"), h, c.layer_norm_eps)?,
+                attn_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    h,
+                    c.layer_norm_eps,
+                )?,
                 intermediate: w.linear(&format!("{p}.intermediate.dense"), f, h, true)?,
                 output: w.linear(&format!("{p}.output.dense"), h, f, true)?,
-                out_norm: LayerNorm::load(w, &format!("{p}.output.LayerNorm"), h, c.layer_norm_eps)?,
+                out_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.output.LayerNorm"),
+                    h,
+                    c.layer_norm_eps,
+                )?,
             });
         }
-        let pooler =
-            if w.contains("pooler.dense.weight") { Some(w.linear("pooler.dense", h, h, true)?) } else { None };
-        let classifier = load_classifier(w, h)?;
-        let mlm = load_mlm(w, c, &embeddings.word)?;
-        Ok(BertModel { config: c.clone(), embeddings, layers, pooler, classifier, mlm })
+        let pooler = if w.contains("pooler.dense.weight") {
+            Some(w.linear("pooler.dense", h, h, true)?)
+        } else {
+            None
+        };
+        let classifier = ClassifierHead::load(w, h)?;
+        let mlm = MlmHead::load(w, c, &embeddings.word)?;
+        Ok(BertModel {
+            config: c.clone(),
+            embeddings,
+            layers,
+            pooler,
+            classifier,
+            mlm,
+        })
     }
 
     /// Last hidden state `[B, T, H]`. `ids`, `type_ids`, `mask` are integer `[B, T]` tensors;
     /// `type_ids` defaults to zeros and `mask` to all ones.
-    pub fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor, OpError> {
-        Ok(self.forward_all(ids, type_ids, mask, false)?.last_hidden_state)
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, OpError> {
+        Ok(self
+            .forward_all(ids, type_ids, mask, false)?
+            .last_hidden_state)
     }
 
     /// Full forward: last hidden state, optionally every hidden state, and the pooled output.
@@ -156,7 +194,10 @@ impl BertModel {
         if t > self.position_limit() {
             return Err(OpError::new(
                 "smelt::model::sequence_too_long",
-                format!("sequence of {t} tokens exceeds the model's {} positions", self.position_limit()),
+                format!(
+                    "sequence of {t} tokens exceeds the model's {} positions",
+                    self.position_limit()
+                ),
             )
             .with_help("truncate the inputs"));
         }
@@ -176,22 +217,36 @@ impl BertModel {
             Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
             None => None,
         };
-        Ok(BertOutput { last_hidden_state: x, hidden_states, pooled })
+        Ok(BertOutput {
+            last_hidden_state: x,
+            hidden_states,
+            pooled,
+        })
     }
 
     fn position_limit(&self) -> usize {
         let c = &self.config;
         match c.flavor {
             BertFlavor::Bert => c.max_position_embeddings,
-            BertFlavor::Roberta => c.max_position_embeddings.saturating_sub(c.pad_token_id as usize + 1),
+            BertFlavor::Roberta => c
+                .max_position_embeddings
+                .saturating_sub(c.pad_token_id as usize + 1),
         }
     }
 
-    fn embed(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor, OpError> {
+    fn embed(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, OpError> {
         let (b, t) = ids.dims2()?;
         let e = &self.embeddings;
         let h = self.config.hidden_size;
-        let mut x = e.word.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, h))?;
+        let mut x = e
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
         if let Some(tt) = &e.token_type {
             x = match type_ids {
                 Some(ty) => (x + tt.index_select(&ty.flatten_all()?, 0)?.reshape((b, t, h))?)?,
@@ -236,37 +291,24 @@ impl BertModel {
     /// Sequence-classification logits `[B, labels]`; errors when the checkpoint has no head.
     pub fn classify(&self, out: &BertOutput) -> Result<Tensor, OpError> {
         let cls = out.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(match &self.classifier {
-            Some(ClassifierHead::Linear(l)) => l.forward(out.pooled.as_ref().unwrap_or(&cls))?,
-            Some(ClassifierHead::Roberta { dense, out_proj }) => out_proj.forward(&dense.forward(&cls)?.tanh()?)?,
-            None => {
-                return Err(OpError::new(
-                    "smelt::model::no_head",
-                    "the checkpoint has no sequence-classification head (`classifier.*`)",
-                ))
-            }
-        })
+        match &self.classifier {
+            Some(head) => Ok(head.forward(&cls, out.pooled.as_ref())?),
+            None => Err(OpError::new(
+                "smelt::model::no_head",
+                "the checkpoint has no sequence-classification head (`classifier.*`)",
+            )),
+        }
     }
 
     /// Whether the MLM head is the tied decoder only (no `cls.predictions.*` weights).
     pub fn mlm_is_tied_only(&self) -> bool {
-        self.mlm.transform.is_none()
+        self.mlm.is_tied_only()
     }
 
     /// MLM logits `[..., vocab]` for hidden states `[..., H]` (gather `[MASK]` rows first:
     /// the decoder is a `H × vocab` product per row).
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor, OpError> {
-        let x = match &self.mlm.transform {
-            Some((dense, norm)) => {
-                let act = match self.config.flavor {
-                    BertFlavor::Bert => self.config.hidden_act,
-                    BertFlavor::Roberta => Activation::GeluErf,
-                };
-                norm.forward(&act.apply(&dense.forward(hidden)?)?)?
-            }
-            None => hidden.clone(),
-        };
-        Ok(self.mlm.decoder.forward(&x)?)
+        Ok(self.mlm.forward(hidden)?)
     }
 
     /// Every injectable projection with its HF module name (`encoder.layer.0.attention.self.query`).
@@ -300,7 +342,10 @@ fn roberta_positions(ids: &Tensor, mask: Option<&Tensor>, pad: u32) -> Result<Te
     let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
     let keep = match mask {
         Some(m) => mask_rows(m)?,
-        None => rows.iter().map(|r| r.iter().map(|&i| i != pad).collect()).collect(),
+        None => rows
+            .iter()
+            .map(|r| r.iter().map(|&i| i != pad).collect())
+            .collect(),
     };
     let mut pos = Vec::with_capacity(rows.len() * rows.first().map_or(0, |r| r.len()));
     for (r, k) in rows.iter().zip(&keep) {
@@ -314,69 +359,109 @@ fn roberta_positions(ids: &Tensor, mask: Option<&Tensor>, pad: u32) -> Result<Te
             }
         }
     }
-    Ok(Tensor::from_vec(pos, rows.len() * rows.first().map_or(0, |r| r.len()), ids.device())?)
-}
-
-fn load_classifier(w: &Weights, h: usize) -> Result<Option<ClassifierHead>, OpError> {
-    let raw = |n: &str| w.get_raw(n);
-    if w.contains_raw("classifier.dense.weight") && w.contains_raw("classifier.out_proj.weight") {
-        let dense = Linear::new(raw("classifier.dense.weight")?, Some(raw("classifier.dense.bias")?));
-        let out_proj = Linear::new(raw("classifier.out_proj.weight")?, Some(raw("classifier.out_proj.bias")?));
-        return Ok(Some(ClassifierHead::Roberta { dense, out_proj }));
-    }
-    if w.contains_raw("classifier.weight") {
-        let weight = raw("classifier.weight")?;
-        if weight.dims().len() != 2 || weight.dims()[1] != h {
-            return Err(OpError::new("smelt::model::weight_shape", "classifier.weight does not match hidden_size"));
-        }
-        let bias = if w.contains_raw("classifier.bias") { Some(raw("classifier.bias")?) } else { None };
-        return Ok(Some(ClassifierHead::Linear(Linear::new(weight, bias))));
-    }
-    Ok(None)
-}
-
-fn load_mlm(w: &Weights, c: &BertConfig, word: &Tensor) -> Result<MlmHead, OpError> {
-    let h = c.hidden_size;
-    let raw = |n: &str| w.get_raw(n);
-    // (dense, LayerNorm, output bias, decoder weight) names for BERT and RoBERTa heads.
-    let layouts = [
-        (
-            "cls.predictions.transform.dense",
-            "cls.predictions.transform.LayerNorm",
-            "cls.predictions.bias",
-            "cls.predictions.decoder.weight",
-        ),
-        ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder.weight"),
-    ];
-    for (dense, norm, bias, dec) in layouts {
-        if !w.contains_raw(&format!("{dense}.weight")) {
-            continue;
-        }
-        let d = Linear::new(raw(&format!("{dense}.weight"))?, Some(raw(&format!("{dense}.bias"))?));
-        let ln = LayerNorm {
-            weight: raw(&format!("{norm}.weight"))?,
-            bias: raw(&format!("{norm}.bias"))?,
-            eps: c.layer_norm_eps,
-        };
-        let dec_w = if w.contains_raw(dec) { raw(dec)? } else { word.clone() };
-        let b = if w.contains_raw(bias) { Some(raw(bias)?) } else { None };
-        if d.out_dim() != h || dec_w.dims()[1] != h {
-            return Err(OpError::new("smelt::model::weight_shape", format!("{dense} does not match hidden_size")));
-        }
-        return Ok(MlmHead { transform: Some((d, ln)), decoder: Linear::new(dec_w, b) });
-    }
-    Ok(MlmHead { transform: None, decoder: Linear::new(word.clone(), None) })
+    Ok(Tensor::from_vec(
+        pos,
+        rows.len() * rows.first().map_or(0, |r| r.len()),
+        ids.device(),
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::config::ArchConfig;
+    use crate::nn::ops::max_abs_diff;
+    use crate::nn::weights::synthetic;
     use candle_core::Device;
+
+    fn tiny(model_type: &str) -> BertConfig {
+        let cfg = format!(
+            r#"{{"model_type":"{model_type}","vocab_size":30,"hidden_size":16,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":24,"max_position_embeddings":20,
+            "type_vocab_size":2,"layer_norm_eps":1e-12}}"#
+        );
+        match ArchConfig::from_json(&cfg, "tiny/config.json").unwrap() {
+            ArchConfig::Bert(c) => c,
+            _ => unreachable!(),
+        }
+    }
+
+    fn model(c: &BertConfig, extra: &[(&str, Vec<usize>)], prefix: &str) -> BertModel {
+        let mut shapes = checkpoint_shapes(c);
+        shapes
+            .iter_mut()
+            .for_each(|(n, _)| *n = format!("{prefix}{n}"));
+        shapes.extend(extra.iter().map(|(n, s)| (n.to_string(), s.clone())));
+        let map = synthetic(&shapes, 5, &Device::Cpu).unwrap();
+        BertModel::load(&mut Weights::from_map(map, &Device::Cpu), c).unwrap()
+    }
+
+    #[test]
+    fn right_padding_does_not_change_real_tokens() {
+        for flavor in ["bert", "roberta"] {
+            let c = tiny(flavor);
+            let m = model(&c, &[], "");
+            let pad = c.pad_token_id;
+            let ids = Tensor::new(&[[3u32, 9, 4]], &Device::Cpu).unwrap();
+            let h = m.forward(&ids, None, None).unwrap();
+            let padded = Tensor::new(&[[3u32, 9, 4, pad, pad]], &Device::Cpu).unwrap();
+            let mask = Tensor::new(&[[1u32, 1, 1, 0, 0]], &Device::Cpu).unwrap();
+            let hp = m
+                .forward(&padded, None, Some(&mask))
+                .unwrap()
+                .narrow(1, 0, 3)
+                .unwrap();
+            assert!(max_abs_diff(&h, &hp).unwrap() < 1e-5, "{flavor}");
+        }
+    }
+
+    #[test]
+    fn prefixed_checkpoint_with_heads() {
+        let c = tiny("bert");
+        let extra = [
+            ("classifier.weight", vec![3, 16]),
+            ("classifier.bias", vec![3]),
+            ("cls.predictions.transform.dense.weight", vec![16, 16]),
+            ("cls.predictions.transform.dense.bias", vec![16]),
+            ("cls.predictions.transform.LayerNorm.weight", vec![16]),
+            ("cls.predictions.transform.LayerNorm.bias", vec![16]),
+            ("cls.predictions.bias", vec![30]),
+        ];
+        let mut m = model(&c, &extra, "bert.");
+        assert!(!m.mlm_is_tied_only() && m.pooler.is_some());
+        let ids = Tensor::new(&[[1u32, 2, 3], [4, 5, 6]], &Device::Cpu).unwrap();
+        let out = m.forward_all(&ids, None, None, true).unwrap();
+        assert_eq!(out.hidden_states.len(), 3);
+        assert_eq!(m.classify(&out).unwrap().dims(), &[2, 3]);
+        assert_eq!(
+            m.mlm_logits(&out.last_hidden_state).unwrap().dims(),
+            &[2, 3, 30]
+        );
+        assert_eq!(m.linears_mut().len(), 13);
+        let long = Tensor::zeros((1, 21), DType::U32, &Device::Cpu).unwrap();
+        assert_eq!(
+            m.forward(&long, None, None).unwrap_err().code,
+            "smelt::model::sequence_too_long"
+        );
+    }
+
+    #[test]
+    fn tied_mlm_head_is_hidden_times_embeddings() {
+        let c = tiny("bert");
+        let m = model(&c, &[], "");
+        assert!(m.mlm_is_tied_only() && m.classifier.is_none());
+        let h = Tensor::randn(0f32, 1.0, (2, 16), &Device::Cpu).unwrap();
+        let want = h.matmul(&m.embeddings.word.t().unwrap()).unwrap();
+        assert!(max_abs_diff(&m.mlm_logits(&h).unwrap(), &want).unwrap() < 1e-6);
+    }
 
     #[test]
     fn roberta_positions_skip_padding() {
         let ids = Tensor::new(&[[0u32, 5, 6, 2, 1, 1]], &Device::Cpu).unwrap();
-        let p = roberta_positions(&ids, None, 1).unwrap().to_vec1::<u32>().unwrap();
+        let p = roberta_positions(&ids, None, 1)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
         assert_eq!(p, vec![2, 3, 4, 5, 1, 1]);
     }
 

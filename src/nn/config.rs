@@ -32,8 +32,11 @@ impl Activation {
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
             other => {
-                return Err(OpError::new(BAD, format!("{origin}: unsupported hidden_act `{other}`"))
-                    .with_help("supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu"))
+                return Err(OpError::new(
+                    BAD,
+                    format!("{origin}: unsupported hidden_act `{other}`"),
+                )
+                .with_help("supported: gelu, gelu_new, gelu_pytorch_tanh, relu, silu"))
             }
         })
     }
@@ -116,8 +119,11 @@ impl ArchConfig {
     pub fn from_dir(dir: &Path) -> Result<ArchConfig, OpError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            OpError::new("smelt::model::missing_config", format!("cannot read {}: {e}", path.display()))
-                .with_help("a model directory needs an HF config.json beside model.safetensors")
+            OpError::new(
+                "smelt::model::missing_config",
+                format!("cannot read {}: {e}", path.display()),
+            )
+            .with_help("a model directory needs an HF config.json beside model.safetensors")
         })?;
         ArchConfig::from_json(&text, &path.display().to_string())
     }
@@ -229,9 +235,15 @@ struct RawConfig {
 
 fn need(v: Option<usize>, name: &str, origin: &str) -> Result<usize, OpError> {
     match v {
-        Some(0) => Err(OpError::new(BAD, format!("{origin}: `{name}` must be positive, got 0"))),
+        Some(0) => Err(OpError::new(
+            BAD,
+            format!("{origin}: `{name}` must be positive, got 0"),
+        )),
         Some(n) => Ok(n),
-        None => Err(OpError::new(BAD, format!("{origin}: missing required field `{name}`"))),
+        None => Err(OpError::new(
+            BAD,
+            format!("{origin}: missing required field `{name}`"),
+        )),
     }
 }
 
@@ -239,7 +251,10 @@ fn check_eps(eps: f64, name: &str, origin: &str) -> Result<f64, OpError> {
     if eps.is_finite() && eps > 0.0 && eps < 1.0 {
         Ok(eps)
     } else {
-        Err(OpError::new(BAD, format!("{origin}: `{name}` = {eps} is not a small positive number")))
+        Err(OpError::new(
+            BAD,
+            format!("{origin}: `{name}` = {eps} is not a small positive number"),
+        ))
     }
 }
 
@@ -247,7 +262,9 @@ fn divisible(hidden: usize, heads: usize, origin: &str) -> Result<(), OpError> {
     if hidden % heads != 0 {
         return Err(OpError::new(
             BAD,
-            format!("{origin}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"),
+            format!(
+                "{origin}: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+            ),
         ));
     }
     Ok(())
@@ -258,9 +275,16 @@ impl RawConfig {
         let hidden_size = need(self.hidden_size, "hidden_size", origin)?;
         let num_attention_heads = need(self.num_attention_heads, "num_attention_heads", origin)?;
         divisible(hidden_size, num_attention_heads, origin)?;
-        if let Some(p) = self.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            return Err(OpError::new(BAD, format!("{origin}: position_embedding_type `{p}` is not supported"))
-                .with_help("only absolute position embeddings are implemented"));
+        if let Some(p) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|p| *p != "absolute")
+        {
+            return Err(OpError::new(
+                BAD,
+                format!("{origin}: position_embedding_type `{p}` is not supported"),
+            )
+            .with_help("only absolute position embeddings are implemented"));
         }
         let default_pad = if flavor == BertFlavor::Roberta { 1 } else { 0 };
         Ok(BertConfig {
@@ -270,9 +294,17 @@ impl RawConfig {
             num_attention_heads,
             intermediate_size: need(self.intermediate_size, "intermediate_size", origin)?,
             hidden_act: Activation::parse(self.hidden_act.as_deref().unwrap_or("gelu"), origin)?,
-            layer_norm_eps: check_eps(self.layer_norm_eps.unwrap_or(1e-12), "layer_norm_eps", origin)?,
+            layer_norm_eps: check_eps(
+                self.layer_norm_eps.unwrap_or(1e-12),
+                "layer_norm_eps",
+                origin,
+            )?,
             vocab_size: need(self.vocab_size, "vocab_size", origin)?,
-            max_position_embeddings: need(self.max_position_embeddings, "max_position_embeddings", origin)?,
+            max_position_embeddings: need(
+                self.max_position_embeddings,
+                "max_position_embeddings",
+                origin,
+            )?,
             type_vocab_size: self.type_vocab_size.unwrap_or(2),
             pad_token_id: self.pad_token_id.unwrap_or(default_pad),
         })
@@ -281,7 +313,11 @@ impl RawConfig {
     fn llama(&self, flavor: LlamaFlavor, origin: &str) -> Result<LlamaConfig, OpError> {
         let hidden_size = need(self.hidden_size, "hidden_size", origin)?;
         let heads = need(self.num_attention_heads, "num_attention_heads", origin)?;
-        let kv = need(self.num_key_value_heads.or(Some(heads)), "num_key_value_heads", origin)?;
+        let kv = need(
+            self.num_key_value_heads.or(Some(heads)),
+            "num_key_value_heads",
+            origin,
+        )?;
         if heads % kv != 0 {
             return Err(OpError::new(
                 BAD,
@@ -296,23 +332,36 @@ impl RawConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(OpError::new(BAD, format!("{origin}: head_dim {head_dim} must be even for RoPE")));
+            return Err(OpError::new(
+                BAD,
+                format!("{origin}: head_dim {head_dim} must be even for RoPE"),
+            ));
         }
         if let Some(s) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
-            return Err(OpError::new(BAD, format!("{origin}: rope_scaling {s} is not supported"))
-                .with_help("only plain RoPE (rope_scaling: null) is implemented"));
+            return Err(
+                OpError::new(BAD, format!("{origin}: rope_scaling {s} is not supported"))
+                    .with_help("only plain RoPE (rope_scaling: null) is implemented"),
+            );
         }
         let act = self.hidden_act.as_deref().unwrap_or("silu");
         if Activation::parse(act, origin)? != Activation::Silu {
-            return Err(OpError::new(BAD, format!("{origin}: Llama-family MLP needs silu, got `{act}`")));
+            return Err(OpError::new(
+                BAD,
+                format!("{origin}: Llama-family MLP needs silu, got `{act}`"),
+            ));
         }
         let rope_theta = self.rope_theta.unwrap_or(10_000.0);
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
-            return Err(OpError::new(BAD, format!("{origin}: rope_theta {rope_theta} must be > 1")));
+            return Err(OpError::new(
+                BAD,
+                format!("{origin}: rope_theta {rope_theta} must be > 1"),
+            ));
         }
         let eos_token_id = match &self.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
-            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
+            Some(serde_json::Value::Array(a)) => {
+                a.first().and_then(|v| v.as_u64()).map(|v| v as u32)
+            }
             _ => None,
         };
         Ok(LlamaConfig {
@@ -360,17 +409,25 @@ mod tests {
         let ArchConfig::Bert(b) = ArchConfig::from_json(MINILM, "config.json").unwrap() else {
             panic!("expected bert")
         };
-        assert_eq!((b.hidden_size, b.head_dim(), b.hidden_act), (384, 32, Activation::GeluErf));
+        assert_eq!(
+            (b.hidden_size, b.head_dim(), b.hidden_act),
+            (384, 32, Activation::GeluErf)
+        );
         let ArchConfig::Llama(l) = ArchConfig::from_json(SMOL, "config.json").unwrap() else {
             panic!("expected llama")
         };
-        assert_eq!((l.head_dim, l.num_key_value_heads, l.qkv_bias), (64, 3, false));
+        assert_eq!(
+            (l.head_dim, l.num_key_value_heads, l.qkv_bias),
+            (64, 3, false)
+        );
         assert!(l.tie_word_embeddings);
     }
 
     #[test]
     fn detects_from_architectures_and_qwen2_bias() {
-        let c = MINILM.replace(r#""model_type":"bert","#, "").replace("BertModel", "RobertaModel");
+        let c = MINILM
+            .replace(r#""model_type":"bert","#, "")
+            .replace("BertModel", "RobertaModel");
         let a = ArchConfig::from_json(&c, "x/config.json").unwrap();
         assert_eq!(a.name(), "roberta");
         let q = SMOL.replace(r#""model_type":"llama""#, r#""model_type":"qwen2""#);
@@ -392,17 +449,32 @@ mod tests {
     #[test]
     fn absurd_fields_are_rejected() {
         for (from, to, what) in [
-            (r#""num_attention_heads":12"#, r#""num_attention_heads":0"#, "num_attention_heads"),
-            (r#""num_attention_heads":12"#, r#""num_attention_heads":7"#, "divisible"),
+            (
+                r#""num_attention_heads":12"#,
+                r#""num_attention_heads":0"#,
+                "num_attention_heads",
+            ),
+            (
+                r#""num_attention_heads":12"#,
+                r#""num_attention_heads":7"#,
+                "divisible",
+            ),
             (r#""vocab_size":8192"#, r#""vocab_size":0"#, "vocab_size"),
             (r#""hidden_size":384,"#, "", "hidden_size"),
         ] {
             let e = ArchConfig::from_json(&MINILM.replace(from, to), "a/config.json").unwrap_err();
             assert_eq!(e.code, BAD);
-            assert!(e.message.contains(what) && e.message.contains("a/config.json"), "{}", e.message);
+            assert!(
+                e.message.contains(what) && e.message.contains("a/config.json"),
+                "{}",
+                e.message
+            );
         }
-        let e = ArchConfig::from_json(&SMOL.replace(r#""num_key_value_heads":3"#, r#""num_key_value_heads":4"#), "c")
-            .unwrap_err();
+        let e = ArchConfig::from_json(
+            &SMOL.replace(r#""num_key_value_heads":3"#, r#""num_key_value_heads":4"#),
+            "c",
+        )
+        .unwrap_err();
         assert!(e.message.contains("num_key_value_heads"));
     }
 }

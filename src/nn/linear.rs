@@ -62,7 +62,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias, lora: None }
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
     }
 
     pub fn in_dim(&self) -> usize {
@@ -124,7 +128,10 @@ impl Linear {
 
     /// A copy with the delta folded into a new frozen weight (detached from autograd).
     pub fn merged(&self) -> Result<Linear> {
-        Ok(Linear::new(self.merged_weight()?.detach(), self.bias.clone()))
+        Ok(Linear::new(
+            self.merged_weight()?.detach(),
+            self.bias.clone(),
+        ))
     }
 }
 
@@ -175,7 +182,12 @@ mod tests {
     fn zero_b_gives_base_output() {
         let mut l = layer();
         let b = Tensor::zeros((6, 2), DType::F32, &Device::Cpu).unwrap();
-        l.set_lora(LoraDelta { a: randn(&[2, 4]), b, scale: 2.0 }).unwrap();
+        l.set_lora(LoraDelta {
+            a: randn(&[2, 4]),
+            b,
+            scale: 2.0,
+        })
+        .unwrap();
         let x = randn(&[5, 4]);
         let d = max_abs_diff(&l.forward(&x).unwrap(), &l.forward_base(&x).unwrap()).unwrap();
         assert_eq!(d, 0.0);
@@ -184,7 +196,12 @@ mod tests {
     #[test]
     fn merged_equals_unmerged() {
         let mut l = layer();
-        l.set_lora(LoraDelta { a: randn(&[3, 4]), b: randn(&[6, 3]), scale: 0.5 }).unwrap();
+        l.set_lora(LoraDelta {
+            a: randn(&[3, 4]),
+            b: randn(&[6, 3]),
+            scale: 0.5,
+        })
+        .unwrap();
         let x = randn(&[2, 7, 4]);
         let merged = l.merged().unwrap();
         assert!(merged.lora.is_none());
@@ -195,7 +212,11 @@ mod tests {
     #[test]
     fn bad_lora_shapes_are_rejected() {
         let mut l = layer();
-        let r = l.set_lora(LoraDelta { a: randn(&[2, 5]), b: randn(&[6, 2]), scale: 1.0 });
+        let r = l.set_lora(LoraDelta {
+            a: randn(&[2, 5]),
+            b: randn(&[6, 2]),
+            scale: 1.0,
+        });
         assert!(r.is_err());
         assert!(l.lora.is_none());
     }
@@ -205,9 +226,19 @@ mod tests {
         let mut l = layer();
         let a = Var::from_tensor(&randn(&[2, 4])).unwrap();
         let b = Var::from_tensor(&randn(&[6, 2])).unwrap();
-        l.set_lora(LoraDelta { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: 1.0 })
+        l.set_lora(LoraDelta {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: 1.0,
+        })
+        .unwrap();
+        let loss = l
+            .forward(&randn(&[3, 4]))
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
             .unwrap();
-        let loss = l.forward(&randn(&[3, 4])).unwrap().sqr().unwrap().sum_all().unwrap();
         let g = loss.backward().unwrap();
         assert!(g.get(a.as_tensor()).is_some());
         assert!(g.get(b.as_tensor()).is_some());

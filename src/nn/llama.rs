@@ -56,12 +56,20 @@ pub struct LlamaOutput {
 pub fn checkpoint_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
     let (h, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
-    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    let mut v = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         v.push((format!("{p}.input_layernorm.weight"), vec![h]));
         v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        for (n, o, inp) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h), ("o_proj", h, q)] {
+        for (n, o, inp) in [
+            ("q_proj", q, h),
+            ("k_proj", kv, h),
+            ("v_proj", kv, h),
+            ("o_proj", h, q),
+        ] {
             v.push((format!("{p}.self_attn.{n}.weight"), vec![o, inp]));
             if c.qkv_bias && n != "o_proj" {
                 v.push((format!("{p}.self_attn.{n}.bias"), vec![o]));
@@ -109,10 +117,22 @@ impl LlamaModel {
             (Linear::new(embed_tokens.clone(), None), true)
         };
         if lm_head.weight.dims() != [c.vocab_size, h] {
-            return Err(OpError::new("smelt::model::weight_shape", "lm_head.weight does not match config.json"));
+            return Err(OpError::new(
+                "smelt::model::weight_shape",
+                "lm_head.weight does not match config.json",
+            ));
         }
         let (cos, sin) = rope_tables(c, w.device())?;
-        Ok(LlamaModel { config: c.clone(), embed_tokens, layers, norm, lm_head, tied, cos, sin })
+        Ok(LlamaModel {
+            config: c.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied,
+            cos,
+            sin,
+        })
     }
 
     /// The model with every weight cast to `dtype` (e.g. F64 for reference checks, BF16 for
@@ -134,8 +154,11 @@ impl LlamaModel {
             });
         }
         let embed_tokens = cast(&self.embed_tokens)?;
-        let lm_head =
-            if self.tied { Linear::new(embed_tokens.clone(), None) } else { self.lm_head.to_dtype(dtype)? };
+        let lm_head = if self.tied {
+            Linear::new(embed_tokens.clone(), None)
+        } else {
+            self.lm_head.to_dtype(dtype)?
+        };
         Ok(LlamaModel {
             config: self.config.clone(),
             embed_tokens,
@@ -163,7 +186,12 @@ impl LlamaModel {
     }
 
     /// Hidden states before the LM head (post final RMSNorm).
-    pub fn forward_hidden(&self, ids: &Tensor, mask: Option<&Tensor>, all_hidden: bool) -> Result<LlamaOutput, OpError> {
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        all_hidden: bool,
+    ) -> Result<LlamaOutput, OpError> {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
         if t == 0 || t > self.cos.dim(0)? {
@@ -172,7 +200,10 @@ impl LlamaModel {
                 format!("sequence of {t} tokens is outside 1..={}", self.cos.dim(0)?),
             ));
         }
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.hidden_size))?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
         let bias = causal_bias(b, t, mask, x.device())?.to_dtype(x.dtype())?;
         let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
         let mut hidden_states = Vec::new();
@@ -186,7 +217,10 @@ impl LlamaModel {
         if all_hidden {
             hidden_states.push(x.clone());
         }
-        Ok(LlamaOutput { last_hidden_state: x, hidden_states })
+        Ok(LlamaOutput {
+            last_hidden_state: x,
+            hidden_states,
+        })
     }
 
     fn layer_forward(
@@ -211,7 +245,11 @@ impl LlamaModel {
         let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
         let scores = scores.broadcast_add(&bias.unsqueeze(1)?)?;
         let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
-        let ctx = probs.matmul(&v)?.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let ctx = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
         let x = (x + l.o_proj.forward(&ctx)?)?;
         let h = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
         let m = (l.gate_proj.forward(&h)?.silu()? * l.up_proj.forward(&h)?)?;
@@ -257,8 +295,9 @@ impl LlamaModel {
 fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), OpError> {
     let half = c.head_dim / 2;
     let n = c.max_position_embeddings.min(1 << 15);
-    let inv: Vec<f32> =
-        (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim as f32)).collect();
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (c.rope_theta as f32).powf((2 * i) as f32 / c.head_dim as f32))
+        .collect();
     let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
     for p in 0..n {
         for f in &inv {
@@ -320,13 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn f64_copy_agrees_with_f32() {
+        let m = model(&tiny(LlamaFlavor::Llama));
+        let ids = Tensor::new(&[[4u32, 2, 8]], &Device::Cpu).unwrap();
+        let a = m.forward(&ids, None).unwrap();
+        let b = m.to_dtype(DType::F64).unwrap().forward(&ids, None).unwrap();
+        assert_eq!(b.dtype(), DType::F64);
+        assert!(max_abs_diff(&a, &b).unwrap() < 1e-5);
+    }
+
+    #[test]
     fn generate_is_deterministic_and_matches_argmax() {
         let m = model(&tiny(LlamaFlavor::Llama));
         let g = m.generate(&[1, 2, 3], 4).unwrap();
         assert_eq!(g.len(), 4);
         assert_eq!(g, m.generate(&[1, 2, 3], 4).unwrap());
         let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
-        let first = m.forward(&ids, None).unwrap().get(0).unwrap().get(2).unwrap().argmax(0).unwrap();
+        let first = m
+            .forward(&ids, None)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .argmax(0)
+            .unwrap();
         assert_eq!(first.to_scalar::<u32>().unwrap(), g[0]);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod heads;
 pub mod linear;
 pub mod llama;
 pub mod ops;
@@ -60,17 +61,29 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, OpError> {
         Err(e) if e.code == "smelt::model::missing_tokenizer" => None,
         Err(e) => return Err(e),
     };
-    Ok(LoadedModel { dir: dir.to_path_buf(), config, model, tokenizer })
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        config,
+        model,
+        tokenizer,
+    })
 }
 
 impl LoadedModel {
     /// The tokenizer, or `smelt::model::missing_tokenizer` when the directory has none.
     pub fn tokenizer(&self) -> Result<&Tok, OpError> {
-        self.tokenizer.as_ref().ok_or_else(|| tokenizer::missing_tokenizer(&self.dir))
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| tokenizer::missing_tokenizer(&self.dir))
     }
 
     /// Encoder: last hidden state `[B, T, H]`; decoder: logits `[B, T, vocab]` (type ids ignored).
-    pub fn forward(&self, ids: &Tensor, type_ids: Option<&Tensor>, mask: Option<&Tensor>) -> Result<Tensor, OpError> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, OpError> {
         match &self.model {
             Model::Bert(m) => m.forward(ids, type_ids, mask),
             Model::Llama(m) => m.forward(ids, mask),
@@ -111,17 +124,26 @@ mod tests {
         let m = load(&dir, &Device::Cpu).unwrap();
         assert_eq!(m.config.name(), "bert");
         let tok = m.tokenizer().unwrap();
-        let b = tok.encode_batch(&[("hello world", None), ("a b", Some("c"))], m.device()).unwrap();
-        let h = m.forward(&b.ids, Some(&b.type_ids), Some(&b.attention_mask)).unwrap();
+        let b = tok
+            .encode_batch(&[("hello world", None), ("a b", Some("c"))], m.device())
+            .unwrap();
+        let h = m
+            .forward(&b.ids, Some(&b.type_ids), Some(&b.attention_mask))
+            .unwrap();
         assert_eq!(h.dims(), &[2, b.lengths[0].max(b.lengths[1]), 384]);
-        let Model::Bert(bert) = &m.model else { panic!() };
+        let Model::Bert(bert) = &m.model else {
+            panic!()
+        };
         assert!(bert.mlm_is_tied_only() && bert.pooler.is_none());
     }
 
     #[test]
     fn missing_directory_pieces_are_reported() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(load(d.path(), &Device::Cpu).unwrap_err().code, "smelt::model::missing_config");
+        assert_eq!(
+            load(d.path(), &Device::Cpu).unwrap_err().code,
+            "smelt::model::missing_config"
+        );
         let cfg = r#"{"model_type":"gpt2","vocab_size":10}"#;
         std::fs::write(d.path().join("config.json"), cfg).unwrap();
         let e = load(d.path(), &Device::Cpu).unwrap_err();

@@ -12,7 +12,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, T
 /// Whether the fused (no-backward) kernel may be used: nothing tracked, and a dtype the fused
 /// CPU kernels implement.
 fn fused_ok(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| !t.track_op() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16))
+    tensors
+        .iter()
+        .all(|t| !t.track_op() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16))
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
@@ -21,6 +23,32 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
         candle_nn::ops::layer_norm(&x.contiguous()?, weight, bias, eps as f32)
     } else {
         candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
+    }
+}
+
+/// LayerNorm parameters (`{name}.weight`, `{name}.bias`) with their epsilon.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `{name}.weight` and `{name}.bias`, both `[h]`.
+    pub fn load(
+        w: &crate::nn::weights::Weights,
+        name: &str,
+        h: usize,
+        eps: f64,
+    ) -> std::result::Result<LayerNorm, crate::diag::OpError> {
+        let weight = w.get_shape(&format!("{name}.weight"), &[h])?;
+        let bias = w.get_shape(&format!("{name}.bias"), &[h])?;
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -79,11 +107,17 @@ fn gelu_grad_f32(v: f32) -> f32 {
 
 /// Elementwise `f` over a contiguous f32 storage, on all cores for large inputs.
 fn par_map_f32(s: &CpuStorage, l: &Layout, f: fn(f32) -> f32) -> Result<(CpuStorage, Shape)> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("expected f32 storage") };
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("expected f32 storage")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor")
+    };
     let src = &v[a..b];
     let mut dst = vec![0f32; src.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(src.len() / (1 << 15) + 1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(src.len() / (1 << 15) + 1);
     if threads <= 1 {
         dst.iter_mut().zip(src).for_each(|(d, x)| *d = f(*x));
     } else {
@@ -129,7 +163,9 @@ impl CustomOp1 for GeluErfGrad {
 /// Rows of a 0/1 attention mask (any numeric dtype, `[B, T]`) as booleans.
 pub fn mask_rows(mask: &Tensor) -> Result<Vec<Vec<bool>>> {
     let m = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(m.into_iter().map(|r| r.into_iter().map(|v| v != 0.0).collect()).collect())
+    Ok(m.into_iter()
+        .map(|r| r.into_iter().map(|v| v != 0.0).collect())
+        .collect())
 }
 
 /// Additive key-padding mask `[B, 1, 1, T]`: 0 where `mask` is 1, `f32::MIN` where it is 0
@@ -203,8 +239,16 @@ mod tests {
         let probe = rand((2, 3, 8));
         let loss = (y * probe).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        let g = grads.get(v.as_tensor()).expect("gradient reaches the input");
-        let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(v.as_tensor())
+            .expect("gradient reaches the input");
+        let n = g
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(n > 0.0);
     }
 
@@ -220,7 +264,12 @@ mod tests {
         let x = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0]]]], &Device::Cpu).unwrap();
         let c = Tensor::new(&[[0f32, 1.0]], &Device::Cpu).unwrap();
         let s = Tensor::new(&[[1f32, 0.0]], &Device::Cpu).unwrap();
-        let y = rope(&x, &c, &s).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = rope(&x, &c, &s)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(y, vec![0.0, 0.0, 1.0, 0.0]);
     }
 
@@ -230,16 +279,36 @@ mod tests {
         let d = max_abs_diff(&gelu_erf(&x).unwrap(), &x.gelu_erf().unwrap()).unwrap();
         assert_eq!(d, 0.0);
         let v = Var::from_tensor(&x.narrow(1, 0, 50).unwrap()).unwrap();
-        let g1 = gelu_erf(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = v.as_tensor().gelu_erf().unwrap().sum_all().unwrap().backward().unwrap();
-        let (g1, g2) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+        let g1 = gelu_erf(v.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = v
+            .as_tensor()
+            .gelu_erf()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (g1, g2) = (
+            g1.get(v.as_tensor()).unwrap(),
+            g2.get(v.as_tensor()).unwrap(),
+        );
         assert!(max_abs_diff(g1, g2).unwrap() < 1e-5);
     }
 
     #[test]
     fn masks_block_the_right_keys() {
         let m = Tensor::new(&[[1u32, 1, 0]], &Device::Cpu).unwrap();
-        let p = padding_bias(&m).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let p = padding_bias(&m)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(p, vec![0.0, 0.0, f32::MIN]);
         let c = causal_bias(1, 3, Some(&m), &Device::Cpu).unwrap();
         let c = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();

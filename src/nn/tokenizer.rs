@@ -65,7 +65,9 @@ impl Tok {
         inner
             .with_truncation(None)
             .map_err(|e| OpError::new(TOK, format!("{}: {e}", path.display())))?;
-        let named_pad = ["[PAD]", "<pad>", "<|pad|>"].iter().find_map(|t| inner.token_to_id(t));
+        let named_pad = ["[PAD]", "<pad>", "<|pad|>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t));
         let pad_id = config_pad.or(file_pad).or(named_pad).unwrap_or(0);
         Ok(Tok { inner, pad_id })
     }
@@ -102,22 +104,32 @@ impl Tok {
         if n > config_vocab {
             return Err(OpError::new(
                 "smelt::model::vocab_mismatch",
-                format!("tokenizer.json has {n} tokens but config.json vocab_size is {config_vocab}"),
+                format!(
+                    "tokenizer.json has {n} tokens but config.json vocab_size is {config_vocab}"
+                ),
             )
-            .with_help("the tokenizer belongs to a different model (or the vocabulary was pruned)"));
+            .with_help(
+                "the tokenizer belongs to a different model (or the vocabulary was pruned)",
+            ));
         }
         Ok(())
     }
 
     /// Encodes one text with the special-token template (`[CLS] … [SEP]` for BERT).
     pub fn encode(&self, text: &str) -> Result<Encoded, OpError> {
-        let e = self.inner.encode(text, true).map_err(|e| OpError::new(TOK, e.to_string()))?;
+        let e = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| OpError::new(TOK, e.to_string()))?;
         Ok(convert(&e))
     }
 
     /// Encodes a pair (`[CLS] a [SEP] b [SEP]`, type ids 0 then 1).
     pub fn encode_pair(&self, a: &str, b: &str) -> Result<Encoded, OpError> {
-        let e = self.inner.encode((a, b), true).map_err(|e| OpError::new(TOK, e.to_string()))?;
+        let e = self
+            .inner
+            .encode((a, b), true)
+            .map_err(|e| OpError::new(TOK, e.to_string()))?;
         Ok(convert(&e))
     }
 
@@ -143,17 +155,22 @@ impl Tok {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, OpError> {
-        self.inner.decode(ids, skip_special).map_err(|e| OpError::new(TOK, e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| OpError::new(TOK, e.to_string()))
     }
 }
 
 /// The `smelt::model::missing_tokenizer` error for a directory without `tokenizer.json`.
 pub fn missing_tokenizer(dir: &Path) -> OpError {
-    OpError::new("smelt::model::missing_tokenizer", format!("no tokenizer.json in {}", dir.display()))
-        .with_help(
-            "save the fast tokenizer beside the model (`AutoTokenizer.from_pretrained(..)\
+    OpError::new(
+        "smelt::model::missing_tokenizer",
+        format!("no tokenizer.json in {}", dir.display()),
+    )
+    .with_help(
+        "save the fast tokenizer beside the model (`AutoTokenizer.from_pretrained(..)\
              .save_pretrained(dir)` writes tokenizer.json); vocab.txt alone is not enough",
-        )
+    )
 }
 
 fn convert(e: &tokenizers::Encoding) -> Encoded {
@@ -167,7 +184,10 @@ fn convert(e: &tokenizers::Encoding) -> Encoded {
 /// Right-pads encodings to the longest with `pad_id` (mask 0, type id 0).
 pub fn pad_batch(encs: &[Encoded], pad_id: u32, device: &Device) -> Result<Batch, OpError> {
     if encs.is_empty() {
-        return Err(OpError::new("smelt::model::bad_input", "cannot build an empty batch"));
+        return Err(OpError::new(
+            "smelt::model::bad_input",
+            "cannot build an empty batch",
+        ));
     }
     let t = encs.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
     let b = encs.len();
@@ -191,7 +211,9 @@ mod tests {
     use super::*;
 
     fn model_dir(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets/models").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/assets/models")
+            .join(name)
     }
 
     #[test]
@@ -207,18 +229,35 @@ mod tests {
         let p = tok.encode_pair("a b", "c").unwrap();
         assert_eq!(p.type_ids.last(), Some(&1));
         tok.check_vocab(30522).unwrap();
-        assert_eq!(tok.check_vocab(1000).unwrap_err().code, "smelt::model::vocab_mismatch");
+        assert_eq!(
+            tok.check_vocab(1000).unwrap_err().code,
+            "smelt::model::vocab_mismatch"
+        );
     }
 
     #[test]
     fn batch_is_right_padded() {
         let encs = [
-            Encoded { ids: vec![5, 6, 7], type_ids: vec![0, 0, 1], attention_mask: vec![1, 1, 1] },
-            Encoded { ids: vec![8], type_ids: vec![0], attention_mask: vec![1] },
+            Encoded {
+                ids: vec![5, 6, 7],
+                type_ids: vec![0, 0, 1],
+                attention_mask: vec![1, 1, 1],
+            },
+            Encoded {
+                ids: vec![8],
+                type_ids: vec![0],
+                attention_mask: vec![1],
+            },
         ];
         let b = pad_batch(&encs, 9, &Device::Cpu).unwrap();
-        assert_eq!(b.ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 7], vec![8, 9, 9]]);
-        assert_eq!(b.attention_mask.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1], vec![1, 0, 0]]);
+        assert_eq!(
+            b.ids.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 7], vec![8, 9, 9]]
+        );
+        assert_eq!(
+            b.attention_mask.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 0, 0]]
+        );
         assert_eq!(b.type_ids.to_vec2::<u32>().unwrap()[0], vec![0, 0, 1]);
         assert_eq!(b.lengths, vec![3, 1]);
     }

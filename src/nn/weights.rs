@@ -50,7 +50,10 @@ impl Weights {
         } else {
             return Err(OpError::new(
                 "smelt::model::missing_weights",
-                format!("no model.safetensors or model.safetensors.index.json in {}", dir.display()),
+                format!(
+                    "no model.safetensors or model.safetensors.index.json in {}",
+                    dir.display()
+                ),
             )
             .with_help("convert pytorch_model.bin checkpoints to safetensors first"));
         };
@@ -62,17 +65,32 @@ impl Weights {
         // SAFETY: the checkpoint files are treated as read-only for the lifetime of the mapping;
         // modifying them while a model is loaded is unsupported (the usual mmap caveat).
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
-            OpError::new("smelt::model::bad_weights", format!("cannot read safetensors {files:?}: {e}"))
+            OpError::new(
+                "smelt::model::bad_weights",
+                format!("cannot read safetensors {files:?}: {e}"),
+            )
         })?;
         let names = st.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(Weights { source: Source::Mmap(st), names, files, device: device.clone(), prefix: String::new() })
+        Ok(Weights {
+            source: Source::Mmap(st),
+            names,
+            files,
+            device: device.clone(),
+            prefix: String::new(),
+        })
     }
 
     /// In-memory weights (tests, synthetic models); tensors are moved to `device` on access.
     pub fn from_map(map: HashMap<String, Tensor>, device: &Device) -> Weights {
         let names = map.keys().cloned().collect();
         let files = vec![PathBuf::from("<memory>")];
-        Weights { source: Source::Memory(map), names, files, device: device.clone(), prefix: String::new() }
+        Weights {
+            source: Source::Memory(map),
+            names,
+            files,
+            device: device.clone(),
+            prefix: String::new(),
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -87,7 +105,10 @@ impl Weights {
     /// Picks the first prefix under which `probe` exists (e.g. `["", "bert.", "roberta."]`).
     /// Returns false, leaving the prefix unchanged, when none matches.
     pub fn choose_prefix(&mut self, candidates: &[&str], probe: &str) -> bool {
-        match candidates.iter().find(|p| self.names.contains(&format!("{p}{probe}"))) {
+        match candidates
+            .iter()
+            .find(|p| self.names.contains(&format!("{p}{probe}")))
+        {
             Some(p) => {
                 self.prefix = p.to_string();
                 true
@@ -121,7 +142,11 @@ impl Weights {
         if t.dims() != shape {
             return Err(OpError::new(
                 "smelt::model::weight_shape",
-                format!("tensor `{}{name}` has shape {:?}, expected {shape:?}", self.prefix, t.dims()),
+                format!(
+                    "tensor `{}{name}` has shape {:?}, expected {shape:?}",
+                    self.prefix,
+                    t.dims()
+                ),
             )
             .with_help("config.json does not match model.safetensors"));
         }
@@ -150,13 +175,27 @@ impl Weights {
             Source::Mmap(st) => st.load(full, &self.device)?,
             Source::Memory(m) => m[full].to_device(&self.device)?,
         };
-        Ok(if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? })
+        Ok(if t.dtype() == DType::F32 {
+            t
+        } else {
+            t.to_dtype(DType::F32)?
+        })
     }
 
     /// Loads a linear layer `name.weight [out, in]` (+ `name.bias [out]` when `bias`).
-    pub fn linear(&self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, OpError> {
+    pub fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear, OpError> {
         let w = self.get_shape(&format!("{name}.weight"), &[out, inp])?;
-        let b = if bias { Some(self.get_shape(&format!("{name}.bias"), &[out])?) } else { None };
+        let b = if bias {
+            Some(self.get_shape(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(w, b))
     }
 
@@ -174,7 +213,12 @@ impl Weights {
 
 /// The distinct shard files named by an index's `weight_map`, resolved beside the index.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpError> {
-    let bad = |m: String| OpError::new("smelt::model::bad_weights", format!("{}: {m}", index.display()));
+    let bad = |m: String| {
+        OpError::new(
+            "smelt::model::bad_weights",
+            format!("{}: {m}", index.display()),
+        )
+    };
     let text = std::fs::read_to_string(index)?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let map = v
@@ -184,7 +228,9 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpError> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files = BTreeSet::new();
     for (name, f) in map {
-        let f = f.as_str().ok_or_else(|| bad(format!("weight_map entry `{name}` is not a file name")))?;
+        let f = f
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map entry `{name}` is not a file name")))?;
         files.insert(f.to_string());
     }
     let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
@@ -197,7 +243,11 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, OpError> {
 /// Random weights for the given `(name, shape)` list, deterministic in `seed`: norm weights
 /// (`*norm*.weight`, `*LayerNorm.weight`) near 1, everything else N(0, 0.05²). For tests and
 /// tiny synthetic models; load them with [`Weights::from_map`].
-pub fn synthetic(shapes: &[(String, Vec<usize>)], seed: u64, device: &Device) -> Result<HashMap<String, Tensor>, OpError> {
+pub fn synthetic(
+    shapes: &[(String, Vec<usize>)],
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, OpError> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
@@ -209,10 +259,17 @@ pub fn synthetic(shapes: &[(String, Vec<usize>)], seed: u64, device: &Device) ->
                 // Box-Muller: two uniforms → one standard normal.
                 let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random::<f64>());
                 let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                if is_norm { 1.0 + 0.05 * z as f32 } else { 0.05 * z as f32 }
+                if is_norm {
+                    1.0 + 0.05 * z as f32
+                } else {
+                    0.05 * z as f32
+                }
             })
             .collect();
-        out.insert(name.clone(), Tensor::from_vec(data, shape.as_slice(), device)?);
+        out.insert(
+            name.clone(),
+            Tensor::from_vec(data, shape.as_slice(), device)?,
+        );
     }
     Ok(out)
 }
@@ -222,15 +279,20 @@ mod tests {
     use super::*;
 
     fn write(dir: &Path, file: &str, tensors: &[(&str, Tensor)]) {
-        let map: HashMap<String, Tensor> =
-            tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        let map: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
         candle_core::safetensors::save(&map, dir.join(file)).unwrap();
     }
 
     #[test]
     fn loads_single_file_with_upcast_and_prefix() {
         let d = tempfile::tempdir().unwrap();
-        let t = Tensor::new(&[1.5f32, -2.0], &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+        let t = Tensor::new(&[1.5f32, -2.0], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
         write(d.path(), "model.safetensors", &[("bert.embeddings.x", t)]);
         let mut w = Weights::open(d.path(), &Device::Cpu).unwrap();
         assert!(w.choose_prefix(&["", "bert.", "roberta."], "embeddings.x"));
@@ -254,19 +316,34 @@ mod tests {
         let idx = r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#;
         std::fs::write(d.path().join("model.safetensors.index.json"), idx).unwrap();
         let w = Weights::open(d.path(), &Device::Cpu).unwrap();
-        assert_eq!(w.get("a").unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert_eq!(
+            w.get("a").unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 1.0]
+        );
         assert_eq!(w.get("b").unwrap().dims(), &[3]);
         assert_eq!(w.names().count(), 2);
     }
 
     #[test]
     fn synthetic_weights_are_deterministic() {
-        let shapes = vec![("a.norm.weight".to_string(), vec![4]), ("b.weight".to_string(), vec![2, 3])];
+        let shapes = vec![
+            ("a.norm.weight".to_string(), vec![4]),
+            ("b.weight".to_string(), vec![2, 3]),
+        ];
         let m1 = synthetic(&shapes, 7, &Device::Cpu).unwrap();
         let m2 = synthetic(&shapes, 7, &Device::Cpu).unwrap();
         let w = Weights::from_map(m1, &Device::Cpu);
-        assert_eq!(w.get("b.weight").unwrap().to_vec2::<f32>().unwrap(), m2["b.weight"].to_vec2::<f32>().unwrap());
-        let n = w.get("a.norm.weight").unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(
+            w.get("b.weight").unwrap().to_vec2::<f32>().unwrap(),
+            m2["b.weight"].to_vec2::<f32>().unwrap()
+        );
+        let n = w
+            .get("a.norm.weight")
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((n - 1.0).abs() < 0.2);
     }
 

@@ -13,11 +13,31 @@ use std::path::Path;
 
 /// `(name, alias, argument, what it does)` for every command.
 pub(super) const COMMANDS: &[(&str, &str, &str, &str)] = &[
-    ("help", "h", "[NAME]", "list commands, or document an operator (`merge linear`) or a def"),
+    (
+        "help",
+        "h",
+        "[NAME]",
+        "list commands, or document an operator (`merge linear`) or a def",
+    ),
     ("ops", "", "[FAMILY]", "list operators with their summaries"),
-    ("type", "t", "EXPR", "the static type of an expression, without running it"),
-    ("plan", "", "", "the nodes evaluated so far: ran / cached / pending"),
-    ("load", "", "FILE", "load and run a .exp file into this session"),
+    (
+        "type",
+        "t",
+        "EXPR",
+        "the static type of an expression, without running it",
+    ),
+    (
+        "plan",
+        "",
+        "",
+        "the nodes evaluated so far: ran / cached / pending",
+    ),
+    (
+        "load",
+        "",
+        "FILE",
+        "load and run a .exp file into this session",
+    ),
     ("quit", "q", "", "leave the REPL (Ctrl-D also works)"),
 ];
 
@@ -35,12 +55,23 @@ impl Repl {
             "plan" => ReplOutput::ok(self.plan_text()),
             "load" if arg.is_empty() => self.usage_error("load"),
             "load" => self.load_file(Path::new(arg.trim_matches('"'))),
-            "quit" | "q" | "exit" => ReplOutput { quit: true, ..ReplOutput::default() },
+            "quit" | "q" | "exit" => ReplOutput {
+                quit: true,
+                ..ReplOutput::default()
+            },
             _ => {
-                let names = COMMANDS.iter().flat_map(|(n, a, _, _)| [*n, *a]).filter(|n| !n.is_empty());
-                let mut d = Diagnostic::global("smelt::repl::unknown_command", format!("unknown command `:{name}`"));
+                let names = COMMANDS
+                    .iter()
+                    .flat_map(|(n, a, _, _)| [*n, *a])
+                    .filter(|n| !n.is_empty());
+                let mut d = Diagnostic::global(
+                    "smelt::repl::unknown_command",
+                    format!("unknown command `:{name}`"),
+                );
                 d = match did_you_mean(name, names) {
-                    Some(s) => d.with_help(format!("did you mean `:{s}`? (`:help` lists the commands)")),
+                    Some(s) => {
+                        d.with_help(format!("did you mean `:{s}`? (`:help` lists the commands)"))
+                    }
                     None => d.with_help("`:help` lists the commands"),
                 };
                 self.errors(&[d])
@@ -49,7 +80,10 @@ impl Repl {
     }
 
     fn usage_error(&self, name: &str) -> ReplOutput {
-        let (_, _, arg, what) = COMMANDS.iter().find(|c| c.0 == name).expect("known command");
+        let (_, _, arg, what) = COMMANDS
+            .iter()
+            .find(|c| c.0 == name)
+            .expect("known command");
         let d = Diagnostic::global("smelt::repl::usage", format!("`:{name}` needs an argument"))
             .with_help(format!("usage: :{name} {arg} — {what}"));
         self.errors(&[d])
@@ -61,7 +95,7 @@ impl Repl {
         let id = words.join(".");
         let reg = &self.session.reg;
         if let Some(op) = reg.get(&id) {
-            return ReplOutput::ok(op_help(op.signature()));
+            return ReplOutput::ok(op_help(op.signature(), self.width));
         }
         if let Some(def) = self.session.env.defs.get(&id) {
             return ReplOutput::ok(def_help(def, None));
@@ -72,10 +106,14 @@ impl Repl {
         if reg.families().contains(&id.as_str()) {
             return self.ops(&id);
         }
-        let mut candidates: Vec<String> = reg.iter().map(|o| o.signature().id.to_string()).collect();
+        let mut candidates: Vec<String> =
+            reg.iter().map(|o| o.signature().id.to_string()).collect();
         candidates.extend(reg.families().iter().map(|f| f.to_string()));
         candidates.extend(self.session.env.defs.keys().cloned());
-        let d = Diagnostic::global("smelt::repl::unknown_help", format!("no operator or def named `{arg}`"));
+        let d = Diagnostic::global(
+            "smelt::repl::unknown_help",
+            format!("no operator or def named `{arg}`"),
+        );
         let d = match did_you_mean(&id, candidates.iter().map(|s| s.as_str())) {
             Some(s) => d.with_help(format!("did you mean `:help {s}`?")),
             None => d.with_help("`:ops` lists the operators"),
@@ -88,24 +126,41 @@ impl Repl {
         let reg = &self.session.reg;
         let families = reg.families();
         let mut groups: Vec<(&str, Vec<&'static Signature>)> = Vec::new();
-        let helpers: Vec<_> = reg.iter().map(|o| o.signature()).filter(|s| s.family().is_none()).collect();
+        let helpers: Vec<_> = reg
+            .iter()
+            .map(|o| o.signature())
+            .filter(|s| s.family().is_none())
+            .collect();
         if family.is_empty() || family == "helpers" {
             groups.push(("helpers", helpers));
         }
         for f in &families {
             if family.is_empty() || family == *f {
-                groups.push((f, reg.iter().map(|o| o.signature()).filter(|s| s.family() == Some(f)).collect()));
+                groups.push((
+                    f,
+                    reg.iter()
+                        .map(|o| o.signature())
+                        .filter(|s| s.family() == Some(f))
+                        .collect(),
+                ));
             }
         }
         if groups.is_empty() {
-            let mut d = Diagnostic::global("smelt::repl::unknown_family", format!("unknown operator family `{family}`"));
+            let mut d = Diagnostic::global(
+                "smelt::repl::unknown_family",
+                format!("unknown operator family `{family}`"),
+            );
             d = match did_you_mean(family, families.iter().copied().chain(["helpers"])) {
                 Some(s) => d.with_help(format!("did you mean `:ops {s}`?")),
                 None => d.with_help(format!("families: helpers, {}", families.join(", "))),
             };
             return self.errors(&[d]);
         }
-        let width = groups.iter().flat_map(|(_, s)| s.iter().map(|s| s.id.len())).max().unwrap_or(0);
+        let width = groups
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|s| s.id.len()))
+            .max()
+            .unwrap_or(0);
         let mut out = Vec::new();
         for (name, sigs) in &groups {
             if groups.len() > 1 {
@@ -141,21 +196,48 @@ impl Repl {
         if self.plan.is_empty() {
             return "no operator nodes evaluated yet".into();
         }
-        let (ran, hit) = (self.plan.iter().filter(|e| e.runs > 0).count(), self.plan.iter().filter(|e| e.hits > 0).count());
-        let mut out = vec![format!("{} nodes ({ran} ran, {hit} served from the store):", self.plan.len())];
-        let width = self.plan.iter().map(|e| e.node.op.len()).max().unwrap_or(0);
-        for e in &self.plan {
-            let mut status = match (&e.node.status, e.runs, e.hits) {
-                (Status::Failed, ..) => "failed".to_string(),
-                (_, 0, 0) => "pending".to_string(),
-                (_, 0, h) => format!("cached ×{h}"),
-                (_, r, h) if self.timings => format!("ran ×{r} ({:.2}s), cached ×{h}", e.seconds),
-                (_, r, h) => format!("ran ×{r}, cached ×{h}"),
-            };
-            status = status.replace(", cached ×0", "");
-            let at = self.session.sources.get(e.node.span.file).name.clone();
-            let params = shorten(&e.node.params, 60);
-            out.push(format!("  {:width$}  {}  {status:<14}  {at:<10}  {params}", e.node.op, e.node.key.short()));
+        let ran = self.plan.iter().filter(|e| e.runs > 0).count();
+        let hit = self.plan.iter().filter(|e| e.hits > 0).count();
+        let rows: Vec<[String; 5]> = self
+            .plan
+            .iter()
+            .map(|e| {
+                let ran = match self.timings {
+                    true => format!("ran {:.2}s", e.seconds),
+                    false => "ran".to_string(),
+                };
+                let status = match (&e.node.status, e.runs, e.hits) {
+                    (Status::Failed, ..) => "failed".to_string(),
+                    (_, 0, 0) => "pending".to_string(),
+                    (_, 0, _) => "cached".to_string(),
+                    (_, _, 0) => ran,
+                    (_, _, _) => format!("{ran}, then cached"),
+                };
+                let at = self.session.sources.get(e.node.span.file).name.clone();
+                [
+                    e.node.op.to_string(),
+                    e.node.key.short(),
+                    status,
+                    at,
+                    shorten(&e.node.params, 60),
+                ]
+            })
+            .collect();
+        let w: Vec<usize> = (0..4)
+            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = vec![format!(
+            "{} nodes ({ran} ran, {hit} served from the store):",
+            rows.len()
+        )];
+        for [op, key, status, at, params] in &rows {
+            out.push(format!(
+                "  {op:w0$}  {key:w1$}  {status:w2$}  {at:w3$}  {params}",
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2],
+                w3 = w[3]
+            ));
         }
         out.join("\n")
     }
@@ -164,16 +246,29 @@ impl Repl {
 fn help_text() -> String {
     let mut out = vec!["commands:".to_string()];
     for (name, alias, arg, what) in COMMANDS {
-        let alias = if alias.is_empty() { String::new() } else { format!("(:{alias})") };
-        out.push(format!("  {:<16} {alias:<5} {what}", format!(":{name} {arg}")));
+        let alias = if alias.is_empty() {
+            String::new()
+        } else {
+            format!("(:{alias})")
+        };
+        out.push(format!(
+            "  {:<16} {alias:<5} {what}",
+            format!(":{name} {arg}")
+        ));
     }
-    out.push("type a statement (`let x = …`, `def f(a) = …`, `use std.merge`) or an expression.".into());
+    out.push(
+        "type a statement (`let x = …`, `def f(a) = …`, `use std.merge`) or an expression.".into(),
+    );
     out.join("\n")
 }
 
 /// The documentation of one operator, from its signature.
-pub(super) fn op_help(s: &Signature) -> String {
-    let mut out = vec![format!("{} — {}", s.call_syntax(), s.summary), String::new(), format!("  {}", s.render())];
+pub(super) fn op_help(s: &Signature, width: usize) -> String {
+    let mut out = vec![
+        format!("{} — {}", s.call_syntax(), s.summary),
+        String::new(),
+        format!("  {}", s.render()),
+    ];
     let kind = match (s.kind, s.determinism) {
         (OpKind::Helper, _) => "helper: evaluated on the spot, never cached",
         (OpKind::Node, Determinism::Seeded) => "cached node; seeded from the experiment seed",
@@ -182,7 +277,7 @@ pub(super) fn op_help(s: &Signature) -> String {
     out.push(format!("  ({kind}, version {})", s.version));
     if !s.doc.is_empty() {
         out.push(String::new());
-        out.push(s.doc.to_string());
+        out.push(wrap(s.doc, width, ""));
     }
     if !s.params.is_empty() {
         out.push(String::new());
@@ -196,7 +291,7 @@ pub(super) fn op_help(s: &Signature) -> String {
             if let Some((lo, hi)) = p.range {
                 line += &format!(" in [{lo}, {hi}]");
             }
-            out.push(format!("{line}\n      {}", p.doc));
+            out.push(format!("{line}\n{}", wrap(p.doc, width, "      ")));
         }
     }
     for (a, b) in s.same_length {
@@ -208,7 +303,11 @@ pub(super) fn op_help(s: &Signature) -> String {
     }
     for (i, ex) in s.examples.iter().enumerate() {
         out.push(String::new());
-        out.push(if s.examples.len() > 1 { format!("example {}:", i + 1) } else { "example:".into() });
+        out.push(if s.examples.len() > 1 {
+            format!("example {}:", i + 1)
+        } else {
+            "example:".into()
+        });
         out.extend(ex.lines().map(|l| format!("  {l}")));
     }
     out.join("\n")
@@ -218,7 +317,9 @@ pub(super) fn op_help(s: &Signature) -> String {
 fn def_help(d: &DefInfo, module: Option<&str>) -> String {
     let mut out = vec![format!("def {}", d.usage())];
     if let Some(m) = module {
-        out.push(format!("  (from std.{m}: `use std.{m}` to bring it into scope)"));
+        out.push(format!(
+            "  (from std.{m}: `use std.{m}` to bring it into scope)"
+        ));
     }
     match &d.doc {
         Some(doc) => {
@@ -233,11 +334,28 @@ fn def_help(d: &DefInfo, module: Option<&str>) -> String {
 /// A `def` of a stdlib module that has not been `use`d yet.
 pub(super) fn stdlib_def(name: &str) -> Option<(&'static str, DefInfo)> {
     for (module, src) in crate::stdlib::MODULES {
-        let Ok(m) = crate::syntax::parse(crate::source::FileId(u32::MAX), src) else { continue };
+        let Ok(m) = crate::syntax::parse(crate::source::FileId(u32::MAX), src) else {
+            continue;
+        };
         for s in m.stmts {
-            if let crate::syntax::ast::StmtKind::Def { name: n, params, body, doc } = s.kind {
+            if let crate::syntax::ast::StmtKind::Def {
+                name: n,
+                params,
+                body,
+                doc,
+            } = s.kind
+            {
                 if n.name == name {
-                    return Some((module, DefInfo { name: n.name, params, body, doc, span: n.span }));
+                    return Some((
+                        module,
+                        DefInfo {
+                            name: n.name,
+                            params,
+                            body,
+                            doc,
+                            span: n.span,
+                        },
+                    ));
                 }
             }
         }
@@ -251,4 +369,24 @@ fn shorten(s: &str, max: usize) -> String {
     } else {
         format!("{}…", s.chars().take(max - 1).collect::<String>())
     }
+}
+
+/// Greedy word wrap of `text` to `width` columns, each line starting with `indent`.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut lines = Vec::new();
+    for para in text.lines() {
+        let mut line = indent.to_string();
+        for word in para.split_whitespace() {
+            let len = line.chars().count();
+            if len > indent.len() && len + 1 + word.chars().count() > width {
+                lines.push(std::mem::replace(&mut line, indent.to_string()));
+            }
+            if line.len() > indent.len() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        lines.push(line);
+    }
+    lines.join("\n")
 }

@@ -9,9 +9,13 @@ use crate::types::check::domain_fields;
 use crate::types::Type;
 
 /// Words that start a statement (offered at the start of a line).
-const STMT_WORDS: &[&str] = &["let", "def", "use", "import", "config", "report", "save", "plot", "expect"];
+const STMT_WORDS: &[&str] = &[
+    "let", "def", "use", "import", "config", "report", "save", "plot", "expect",
+];
 /// Words valid inside expressions.
-const EXPR_WORDS: &[&str] = &["true", "false", "none", "not", "and", "or", "for", "in", "if"];
+const EXPR_WORDS: &[&str] = &[
+    "true", "false", "none", "not", "and", "or", "for", "in", "if",
+];
 
 fn is_ident(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
@@ -52,7 +56,8 @@ impl Repl {
                     return (start, filter(self.methods(verb), prefix));
                 }
                 let reg = &self.session.reg;
-                let mut names: Vec<String> = reg.iter().map(|o| o.signature().call_syntax()).collect();
+                let mut names: Vec<String> =
+                    reg.iter().map(|o| o.signature().call_syntax()).collect();
                 names.retain(|n| !n.contains(' '));
                 names.extend(reg.families().iter().map(|f| f.to_string()));
                 names.extend(self.session.env.defs.keys().cloned());
@@ -60,7 +65,13 @@ impl Repl {
             }
             "ops" => {
                 let start = word_start(before, pos).max(arg_at);
-                let fams = self.session.reg.families().into_iter().map(String::from).chain(["helpers".into()]);
+                let fams = self
+                    .session
+                    .reg
+                    .families()
+                    .into_iter()
+                    .map(String::from)
+                    .chain(["helpers".into()]);
                 (start, filter(fams, &before[start..]))
             }
             "load" => complete_path(before, arg_at),
@@ -81,7 +92,10 @@ impl Repl {
         if let Some(base_part) = head.strip_suffix('.') {
             let base = &base_part[word_start(base_part, base_part.len())..];
             let fields: Vec<String> = if base == "std" {
-                crate::stdlib::names().into_iter().map(String::from).collect()
+                crate::stdlib::names()
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
             } else {
                 self.fields_of(base)
             };
@@ -99,14 +113,24 @@ impl Repl {
         let mut rest: Vec<String> = self.session.env.globals.keys().cloned().collect();
         rest.extend(self.session.env.defs.keys().cloned());
         let reg = &self.session.reg;
-        rest.extend(reg.iter().map(|o| o.signature().id).filter(|id| !id.contains('.')).map(String::from));
+        rest.extend(
+            reg.iter()
+                .map(|o| o.signature().id)
+                .filter(|id| !id.contains('.'))
+                .map(String::from),
+        );
         rest.extend(reg.families().into_iter().map(String::from));
         rest.extend(EXPR_WORDS.iter().map(|w| w.to_string()));
         if head.trim().is_empty() {
             rest.extend(STMT_WORDS.iter().map(|w| w.to_string()));
         }
         let mut names = filter(names, prefix);
-        names.extend(filter(rest, prefix).into_iter().filter(|n| !names.contains(n)).collect::<Vec<_>>());
+        names.extend(
+            filter(rest, prefix)
+                .into_iter()
+                .filter(|n| !names.contains(n))
+                .collect::<Vec<_>>(),
+        );
         (start, names)
     }
 
@@ -116,13 +140,24 @@ impl Repl {
 
     fn methods(&self, family: &str) -> Vec<String> {
         let reg = &self.session.reg;
-        reg.iter().filter_map(|o| o.signature().id.strip_prefix(family)?.strip_prefix('.').map(String::from)).collect()
+        reg.iter()
+            .filter_map(|o| {
+                o.signature()
+                    .id
+                    .strip_prefix(family)?
+                    .strip_prefix('.')
+                    .map(String::from)
+            })
+            .collect()
     }
 
     fn fields_of(&self, name: &str) -> Vec<String> {
         match self.session.env.globals.get(name).map(|(t, _)| t) {
             Some(Type::Record(fs)) => fs.keys().cloned().collect(),
-            Some(t) => domain_fields(t).iter().map(|(n, _)| n.to_string()).collect(),
+            Some(t) => domain_fields(t)
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -150,7 +185,11 @@ impl Repl {
             })
         };
         let params: Vec<String> = if let Some(op) = self.session.reg.get(&dotted) {
-            op.signature().params.iter().map(|p| p.name.to_string()).collect()
+            op.signature()
+                .params
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect()
         } else if let Some(d) = self.session.env.defs.get(&dotted) {
             d.params.iter().map(|p| p.name.name.clone()).collect()
         } else {
@@ -227,7 +266,9 @@ fn complete_path(before: &str, start: usize) -> (usize, Vec<String>) {
         None => ("", partial),
     };
     let read = if dir.is_empty() { "." } else { dir };
-    let Ok(entries) = std::fs::read_dir(read) else { return (start, Vec::new()) };
+    let Ok(entries) = std::fs::read_dir(read) else {
+        return (start, Vec::new());
+    };
     let mut out: Vec<String> = entries
         .flatten()
         .filter_map(|e| {
@@ -245,7 +286,10 @@ fn complete_path(before: &str, start: usize) -> (usize, Vec<String>) {
 
 /// Candidates starting with `prefix`, sorted and de-duplicated.
 fn filter(names: impl IntoIterator<Item = String>, prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = names.into_iter().filter(|n| n.starts_with(prefix)).collect();
+    let mut v: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
     v.sort();
     v.dedup();
     v

@@ -16,9 +16,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 impl Repl {
-    /// Evaluate `modules` in order. `echo`: describe each `let` and show each bare expression's
-    /// value. On error the bindings are restored to what they were before.
-    pub(super) fn execute(&mut self, modules: &[Module], echo: bool) -> Result<Vec<String>, Diagnostic> {
+    /// Evaluate `modules` in order. `echo`: describe each `let` of the last module and show its
+    /// bare expressions' values. On error the bindings are restored to what they were before.
+    pub(super) fn execute(
+        &mut self,
+        modules: &[Module],
+        echo: bool,
+    ) -> Result<Vec<String>, Diagnostic> {
         let saved = (self.globals.clone(), self.defs.clone());
         let mut ev = Evaluator::new(
             &self.session.reg,
@@ -40,19 +44,26 @@ impl Repl {
             }));
         }
         let (env, sources) = (&self.session.env, &self.session.sources);
-        let res = catch_unwind(AssertUnwindSafe(|| run(&mut ev, modules, env, sources, echo)));
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            run(&mut ev, modules, env, sources, echo)
+        }));
         let res = res.unwrap_or_else(|p| {
             let what = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Diagnostic::global("smelt::repl::internal", format!("internal error: {what}"))
-                .with_help("this is a bug in smelt; the line was not applied"))
+            Err(
+                Diagnostic::global("smelt::repl::internal", format!("internal error: {what}"))
+                    .with_help("this is a bug in smelt; the line was not applied"),
+            )
         });
         let _ = ev.fingerprints.save();
         let graph = std::mem::take(&mut ev.graph);
-        let (globals, defs) = (std::mem::take(&mut ev.globals), std::mem::take(&mut ev.defs));
+        let (globals, defs) = (
+            std::mem::take(&mut ev.globals),
+            std::mem::take(&mut ev.defs),
+        );
         drop(ev);
         self.record(&graph);
         match res {
@@ -69,9 +80,16 @@ impl Repl {
     }
 }
 
-fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceMap, echo: bool) -> Result<Vec<String>, Diagnostic> {
+fn run(
+    ev: &mut Evaluator,
+    modules: &[Module],
+    env: &CheckEnv,
+    sources: &SourceMap,
+    echo: bool,
+) -> Result<Vec<String>, Diagnostic> {
     let mut out = Vec::new();
-    for m in modules {
+    for (i, m) in modules.iter().enumerate() {
+        let echo = echo && i + 1 == modules.len();
         for s in &m.stmts {
             let value = ev.stmt(s)?;
             if !echo {
@@ -80,7 +98,11 @@ fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceM
             match (value, &s.kind) {
                 (Some(v), _) => out.push(ev.force_deep(&v)?.display()),
                 (None, StmtKind::Let { name, .. }) => {
-                    let ty = env.globals.get(&name.name).map(|(t, _)| t.to_string()).unwrap_or_else(|| "?".into());
+                    let ty = env
+                        .globals
+                        .get(&name.name)
+                        .map(|(t, _)| t.to_string())
+                        .unwrap_or_else(|| "?".into());
                     out.push(format!("{} : {ty}", name.name));
                 }
                 (None, StmtKind::Def { name, .. }) => {
@@ -94,7 +116,12 @@ fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceM
     }
     ev.realise_all()?;
     // Bindings must not refer to this evaluator's graph once it is gone.
-    let pending: Vec<String> = ev.globals.iter().filter(|(_, v)| v.has_nodes()).map(|(k, _)| k.clone()).collect();
+    let pending: Vec<String> = ev
+        .globals
+        .iter()
+        .filter(|(_, v)| v.has_nodes())
+        .map(|(k, _)| k.clone())
+        .collect();
     for name in pending {
         let v = ev.force_deep(&ev.globals[&name].clone())?;
         ev.globals.insert(name, v);
@@ -103,7 +130,10 @@ fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceM
         match o {
             Output::Report { name, value, .. } => {
                 let v = ev.force_deep(&value)?;
-                out.push(format!("report {name}:\n{}", Table::from_value(&v).to_markdown().trim_end()));
+                out.push(format!(
+                    "report {name}:\n{}",
+                    Table::from_value(&v).to_markdown().trim_end()
+                ));
             }
             Output::Save { value, path, span } => {
                 let v = ev.force_deep(&value)?;
@@ -111,8 +141,12 @@ fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceM
                 out.push(format!("saved {path}"));
             }
             Output::Expect { outcome, span } => match outcome {
-                ExpectOutcome::Passed { .. } => out.push(format!("expectation holds: {}", sources.snippet(span))),
-                ExpectOutcome::Failed { lhs, rhs } => return Err(expect_failed(sources, span, lhs, rhs)),
+                ExpectOutcome::Passed { .. } => {
+                    out.push(format!("expectation holds: {}", sources.snippet(span)))
+                }
+                ExpectOutcome::Failed { lhs, rhs } => {
+                    return Err(expect_failed(sources, span, lhs, rhs))
+                }
                 ExpectOutcome::Unknown => {}
             },
         }
@@ -120,12 +154,23 @@ fn run(ev: &mut Evaluator, modules: &[Module], env: &CheckEnv, sources: &SourceM
     Ok(out)
 }
 
-fn expect_failed(sources: &SourceMap, span: Span, lhs: Option<crate::value::Value>, rhs: Option<crate::value::Value>) -> Diagnostic {
+fn expect_failed(
+    sources: &SourceMap,
+    span: Span,
+    lhs: Option<crate::value::Value>,
+    rhs: Option<crate::value::Value>,
+) -> Diagnostic {
     let values = match (lhs, rhs) {
         (Some(l), Some(r)) => format!("left side = {}, right side = {}", l.display(), r.display()),
         _ => "the claim evaluated to false".to_string(),
     };
-    Diagnostic::error("smelt::run::expect_failed", format!("expectation failed: {}", sources.snippet(span)), span)
-        .with_label(values.clone())
-        .with_help(format!("{values}; the claim does not hold for these results"))
+    Diagnostic::error(
+        "smelt::run::expect_failed",
+        format!("expectation failed: {}", sources.snippet(span)),
+        span,
+    )
+    .with_label(values.clone())
+    .with_help(format!(
+        "{values}; the claim does not hold for these results"
+    ))
 }

@@ -42,14 +42,18 @@ pub struct ReplOutput {
 
 impl ReplOutput {
     fn ok(text: impl Into<String>) -> ReplOutput {
-        ReplOutput { text: text.into().trim_end().to_string(), is_error: false, quit: false }
+        ReplOutput {
+            text: text.into().trim_end().to_string(),
+            is_error: false,
+            quit: false,
+        }
     }
 }
 
 /// One distinct operator node evaluated in this session (for `:plan`).
 #[derive(Debug, Clone)]
 pub struct PlanEntry {
-    /// The node as last seen (its status is that of the last line that used it).
+    /// The node as first seen, with the status of the last line that used it.
     pub node: Node,
     /// How many times the operator ran (not served from the store).
     pub runs: usize,
@@ -162,11 +166,20 @@ impl Repl {
         let saved_env = std::mem::replace(&mut self.session.env, env);
         match self.execute(&program.modules, false) {
             Ok(lines) => {
-                let mut names: Vec<&String> = file_env.globals.keys().chain(file_env.defs.keys()).collect();
+                let mut names: Vec<&String> = file_env
+                    .globals
+                    .keys()
+                    .chain(file_env.defs.keys())
+                    .collect();
                 names.sort();
                 names.dedup();
                 let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-                let mut text = format!("loaded {} ({} names: {})", path.display(), list.len(), list.join(", "));
+                let mut text = format!(
+                    "loaded {} ({} names: {})",
+                    path.display(),
+                    list.len(),
+                    list.join(", ")
+                );
                 for l in lines {
                     text.push('\n');
                     text.push_str(&l);
@@ -185,27 +198,48 @@ impl Repl {
         let file = self.new_source(line);
         let stmts = match parse_line(file, line) {
             Ok(Line::Stmts(s)) => s,
-            Ok(Line::Expr(e)) => vec![Stmt { span: e.span, kind: StmtKind::Expr(e) }],
+            Ok(Line::Expr(e)) => vec![Stmt {
+                span: e.span,
+                kind: StmtKind::Expr(e),
+            }],
             Err(d) => return self.errors(&[d]),
         };
         if stmts.is_empty() {
             return ReplOutput::default();
         }
-        let mut modules = Vec::new();
         let mut new_std = Vec::new();
-        if let Err(d) = self.stdlib_modules(&stmts, &mut modules, &mut new_std) {
+        if let Err(d) = self.stdlib_modules(&stmts, &mut new_std, &mut Vec::new()) {
             return self.errors(&[d]);
         }
+        let (std_loaded, mut modules): (Vec<String>, Vec<Module>) = new_std.into_iter().unzip();
         let saved_env = self.session.env.clone();
         let std_names = crate::stdlib::names();
         let mut diags = Vec::new();
         for m in &modules {
-            let opts = CheckOptions { allow_expr_stmts: false, std_modules: &std_names, allow_rebind: true };
-            diags.extend(check_module(&self.session.reg, &mut self.session.env, m, opts));
+            let opts = CheckOptions {
+                allow_expr_stmts: false,
+                std_modules: &std_names,
+                allow_rebind: true,
+            };
+            diags.extend(check_module(
+                &self.session.reg,
+                &mut self.session.env,
+                m,
+                opts,
+            ));
         }
         let module = Module { stmts };
-        let opts = CheckOptions { allow_expr_stmts: true, std_modules: &std_names, allow_rebind: true };
-        diags.extend(check_module(&self.session.reg, &mut self.session.env, &module, opts));
+        let opts = CheckOptions {
+            allow_expr_stmts: true,
+            std_modules: &std_names,
+            allow_rebind: true,
+        };
+        diags.extend(check_module(
+            &self.session.reg,
+            &mut self.session.env,
+            &module,
+            opts,
+        ));
         if diags.iter().any(|d| d.is_error()) {
             self.session.env = saved_env;
             return self.errors(&diags);
@@ -219,8 +253,17 @@ impl Repl {
         modules.push(module);
         match self.execute(&modules, true) {
             Ok(lines) => {
-                self.used_std.extend(new_std);
-                let mut text = lines.join("\n");
+                let mut text: Vec<String> = std_loaded
+                    .iter()
+                    .zip(&modules)
+                    .map(|(name, m)| {
+                        let defs: Vec<&str> = m.stmts.iter().filter_map(def_name).collect();
+                        format!("std.{name}: {}", defs.join(", "))
+                    })
+                    .collect();
+                text.extend(lines);
+                self.used_std.extend(std_loaded);
+                let mut text = text.join("\n");
                 if !warnings.is_empty() {
                     text = format!("{}\n{text}", warnings.trim_end());
                 }
@@ -235,23 +278,36 @@ impl Repl {
     }
 
     /// Parse the stdlib modules named by `use std.NAME` that are not loaded yet (and theirs).
-    fn stdlib_modules(&mut self, stmts: &[Stmt], out: &mut Vec<Module>, names: &mut Vec<String>) -> Result<(), Diagnostic> {
+    /// `out` gets them in dependency order; `seen` guards against cycles.
+    fn stdlib_modules(
+        &mut self,
+        stmts: &[Stmt],
+        out: &mut Vec<(String, Module)>,
+        seen: &mut Vec<String>,
+    ) -> Result<(), Diagnostic> {
         for s in stmts {
-            let StmtKind::Use { path } = &s.kind else { continue };
+            let StmtKind::Use { path } = &s.kind else {
+                continue;
+            };
             if path.len() != 2 || path[0].name != "std" {
                 continue;
             }
             let name = &path[1].name;
-            if self.used_std.contains(name) || names.contains(name) {
+            if self.used_std.contains(name) || seen.contains(name) {
                 continue;
             }
             // Unknown modules are reported by the checker with a suggestion.
-            let Some(src) = crate::stdlib::source(name) else { continue };
-            names.push(name.clone());
-            let id = self.session.sources.add(format!("<stdlib>/{name}.exp"), src);
+            let Some(src) = crate::stdlib::source(name) else {
+                continue;
+            };
+            seen.push(name.clone());
+            let id = self
+                .session
+                .sources
+                .add(format!("<stdlib>/{name}.exp"), src);
             let m = crate::syntax::parse(id, src)?;
-            self.stdlib_modules(&m.stmts, out, names)?;
-            out.push(m);
+            self.stdlib_modules(&m.stmts, out, seen)?;
+            out.push((name.clone(), m));
         }
         Ok(())
     }
@@ -259,7 +315,9 @@ impl Repl {
     /// Apply `config { seed: …, dtype: …, device: … }` lines to the settings.
     fn apply_config(&mut self, module: &Module) -> Result<(), Diagnostic> {
         for s in &module.stmts {
-            let StmtKind::Config { entries } = &s.kind else { continue };
+            let StmtKind::Config { entries } = &s.kind else {
+                continue;
+            };
             for (k, v) in entries {
                 let word = match &v.kind {
                     ExprKind::Name(n) => Some(n.name.clone()),
@@ -269,7 +327,9 @@ impl Repl {
                 match (k.name.as_str(), &v.kind, word) {
                     ("seed", ExprKind::Int(i), _) => self.settings.seed = *i as u64,
                     ("dtype", _, Some(w)) => self.settings.dtype = w,
-                    ("device", _, Some(w)) => self.set_device(&w).map_err(|d| relocate(d, v.span))?,
+                    ("device", _, Some(w)) => {
+                        self.set_device(&w).map_err(|d| relocate(d, v.span))?
+                    }
                     _ => {}
                 }
             }
@@ -287,13 +347,19 @@ impl Repl {
 
     fn new_source(&mut self, text: &str) -> crate::source::FileId {
         self.lines += 1;
-        self.session.sources.add(format!("<repl:{}>", self.lines), text)
+        self.session
+            .sources
+            .add(format!("<repl:{}>", self.lines), text)
     }
 
     /// Render diagnostics exactly like the command line does.
     fn errors(&self, diags: &[Diagnostic]) -> ReplOutput {
         let text = diag::render_all(diags, &self.session.sources, self.color, self.width);
-        ReplOutput { text: text.trim_end().to_string(), is_error: diags.iter().any(|d| d.is_error()), quit: false }
+        ReplOutput {
+            text: text.trim_end().to_string(),
+            is_error: diags.iter().any(|d| d.is_error()),
+            quit: false,
+        }
     }
 
     /// Fold one evaluator's graph into the session's plan.
@@ -309,11 +375,23 @@ impl Repl {
                     e.runs += runs;
                     e.hits += hits;
                     e.seconds += secs;
-                    e.node = n.clone();
+                    e.node.status = n.status.clone();
                 }
-                None => self.plan.push(PlanEntry { node: n.clone(), runs, hits, seconds: secs }),
+                None => self.plan.push(PlanEntry {
+                    node: n.clone(),
+                    runs,
+                    hits,
+                    seconds: secs,
+                }),
             }
         }
+    }
+}
+
+fn def_name(s: &Stmt) -> Option<&str> {
+    match &s.kind {
+        StmtKind::Def { name, .. } => Some(name.name.as_str()),
+        _ => None,
     }
 }
 

@@ -27,7 +27,12 @@ struct ReplHelper {
 impl Completer for ReplHelper {
     type Candidate = String;
 
-    fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
         Ok(self.repl.borrow().complete(line, pos))
     }
 }
@@ -40,7 +45,11 @@ impl Highlighter for ReplHelper {}
 
 impl Validator for ReplHelper {
     fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
-        Ok(if is_incomplete(ctx.input()) { ValidationResult::Incomplete } else { ValidationResult::Valid(None) })
+        Ok(if is_incomplete(ctx.input()) {
+            ValidationResult::Incomplete
+        } else {
+            ValidationResult::Valid(None)
+        })
     }
 }
 
@@ -87,12 +96,18 @@ pub fn run_terminal(store_dir: &Path, load: Option<&Path>) -> i32 {
     let mut repl = match Repl::new(store_dir) {
         Ok(r) => r,
         Err(d) => {
-            eprintln!("{}", crate::diag::render(&d, &crate::source::SourceMap::new(), color, 100));
+            eprintln!(
+                "{}",
+                crate::diag::render(&d, &crate::source::SourceMap::new(), color, 100)
+            );
             return 1;
         }
     };
     repl.color = color;
-    repl.width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
+    repl.width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100);
     repl.settings_mut().progress = color;
     let repl = Rc::new(RefCell::new(repl));
     let mut editor: Editor<ReplHelper, DefaultHistory> = match Editor::new() {
@@ -111,7 +126,10 @@ pub fn run_terminal(store_dir: &Path, load: Option<&Path>) -> i32 {
         failed |= show(&out);
     }
     if interactive {
-        println!("smelt {} — :help for commands, Tab to complete, Ctrl-D to leave", env!("CARGO_PKG_VERSION"));
+        println!(
+            "smelt {} — :help for commands, Tab to complete, Ctrl-D to leave",
+            env!("CARGO_PKG_VERSION")
+        );
     }
     loop {
         match editor.readline("smelt> ") {

@@ -1023,15 +1023,22 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
         d = d.with_help(h);
     }
 
-    // Point at the bracket that a missing closer belongs to.
+    // Point at the bracket that a missing closer belongs to; when the next statement (or the
+    // end of the file) came first, the missing closer is the likely mistake.
     let closers = [
-        (Rule::rparen, '('),
-        (Rule::rbracket, '['),
-        (Rule::rbrace, '{'),
+        (Rule::rparen, '(', ')'),
+        (Rule::rbracket, '[', ']'),
+        (Rule::rbrace, '{', '}'),
     ];
     if let Some((open_at, open)) = unclosed_bracket(src, pos) {
-        if closers.iter().any(|(r, o)| *o == open && main.contains(r)) {
+        if let Some((_, _, close)) = closers
+            .iter()
+            .find(|(r, o, _)| *o == open && main.contains(r))
+        {
             d = d.with_secondary(at(open_at, open_at + 1), format!("unclosed `{open}`"));
+            if token.is_none() || statement_kw.contains(&token_text) {
+                d = d.with_help(format!("add the missing `{close}`"));
+            }
         }
     }
     d
@@ -1458,5 +1465,26 @@ mod tests {
         let d = err("let = 3");
         assert_eq!(d.message, "expected a name, found `=`");
         assert!(d.code == CODE);
+    }
+}
+#[cfg(test)]
+mod tmp_depth {
+    #[test]
+    fn depth_probe() {
+        for n in [100usize, 1000, 3000, 10000, 100000] {
+            let src = format!("{}1{}", "(".repeat(n), ")".repeat(n));
+            let r = super::parse_expr(crate::source::FileId(0), &src);
+            eprintln!("paren depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
+            let src = format!("let x = {}1{}", "[".repeat(n), "]".repeat(n));
+            let r = super::parse(crate::source::FileId(0), &src);
+            eprintln!("list depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
+            let src = format!("let x = {}1", "-".repeat(n));
+            let r = super::parse(crate::source::FileId(0), &src);
+            eprintln!("neg depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
+        }
+        let src = format!("let x = 1{}", " + 1".repeat(100000));
+        let t = std::time::Instant::now();
+        let r = super::parse(crate::source::FileId(0), &src);
+        eprintln!("long chain: {:?} {:?}", r.is_ok(), t.elapsed());
     }
 }

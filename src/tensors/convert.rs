@@ -6,14 +6,17 @@
 //! also the path for unaligned data and big-endian targets. Integer types convert numerically
 //! (lossy above 2^24); 8-bit float formats are refused rather than guessed.
 
-use super::header::Dtype;
+use super::dtype::Dtype;
 use crate::diag::OpError;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 fn unsupported(dtype: Dtype, dir: &str) -> OpError {
-    OpError::new("smelt::io::unsupported_dtype", format!("cannot convert {dtype} {dir} f32"))
-        .with_help("supported: F16, BF16, F32, F64 (and integer types when reading)")
+    OpError::new(
+        "smelt::io::unsupported_dtype",
+        format!("cannot convert {dtype} {dir} f32"),
+    )
+    .with_help("supported: F16, BF16, F32, F64 (and integer types when reading)")
 }
 
 /// Decode `bytes` (a whole tensor of `dtype`) into `out`, replacing its contents.
@@ -174,7 +177,17 @@ pub fn f32_to_bf16(x: f32) -> bf16 {
 mod tests {
     use super::*;
 
-    const VALUES: [f32; 9] = [0.0, -0.0, 1.0, -2.5, 1e-3, 65504.0, 3.14159, f32::INFINITY, 1e-8];
+    const VALUES: [f32; 9] = [
+        0.0,
+        -0.0,
+        1.0,
+        -2.5,
+        1e-3,
+        65504.0,
+        3.14159,
+        f32::INFINITY,
+        1e-8,
+    ];
 
     #[test]
     fn float_round_trips() {

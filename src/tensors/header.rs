@@ -7,6 +7,7 @@
 //! `numel × dtype size`, and no overlapping tensors. Every failure is an [`OpError`] with code
 //! `smelt::io::corrupt_safetensors` (or `smelt::io::missing_file`) whose message names the file.
 
+pub use super::dtype::Dtype;
 use crate::diag::OpError;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -21,105 +22,6 @@ pub const CORRUPT: &str = "smelt::io::corrupt_safetensors";
 pub const MISSING: &str = "smelt::io::missing_file";
 const CORRUPT_HELP: &str =
     "the file may be truncated or not a safetensors file; re-download or re-save it";
-
-/// Element types of the safetensors format (sub-byte formats are not supported).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dtype {
-    Bool,
-    U8,
-    I8,
-    F8E5M2,
-    F8E4M3,
-    I16,
-    U16,
-    F16,
-    BF16,
-    I32,
-    U32,
-    F32,
-    F64,
-    I64,
-    U64,
-}
-
-impl Dtype {
-    /// The spelling used in safetensors headers (`"F16"`, `"BF16"`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dtype::Bool => "BOOL",
-            Dtype::U8 => "U8",
-            Dtype::I8 => "I8",
-            Dtype::F8E5M2 => "F8_E5M2",
-            Dtype::F8E4M3 => "F8_E4M3",
-            Dtype::I16 => "I16",
-            Dtype::U16 => "U16",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-            Dtype::I32 => "I32",
-            Dtype::U32 => "U32",
-            Dtype::F32 => "F32",
-            Dtype::F64 => "F64",
-            Dtype::I64 => "I64",
-            Dtype::U64 => "U64",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Dtype> {
-        Some(match s {
-            "BOOL" => Dtype::Bool,
-            "U8" => Dtype::U8,
-            "I8" => Dtype::I8,
-            "F8_E5M2" => Dtype::F8E5M2,
-            "F8_E4M3" => Dtype::F8E4M3,
-            "I16" => Dtype::I16,
-            "U16" => Dtype::U16,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "I32" => Dtype::I32,
-            "U32" => Dtype::U32,
-            "F32" => Dtype::F32,
-            "F64" => Dtype::F64,
-            "I64" => Dtype::I64,
-            "U64" => Dtype::U64,
-            _ => return None,
-        })
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E5M2 | Dtype::F8E4M3 => 1,
-            Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
-            Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
-        }
-    }
-
-    /// Floating-point types (the ones a merge combines; everything else is copied).
-    pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
-        )
-    }
-
-    /// The `torch_dtype` spelling used in `config.json`, for the types a writer produces.
-    pub fn torch_name(self) -> Option<&'static str> {
-        match self {
-            Dtype::F16 => Some("float16"),
-            Dtype::BF16 => Some("bfloat16"),
-            Dtype::F32 => Some("float32"),
-            Dtype::F64 => Some("float64"),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One tensor's entry: `offsets` are `(begin, end)` relative to the start of the data region.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,10 +70,14 @@ pub fn read_header(path: &Path) -> Result<Header, OpError> {
     let mut file = File::open(path).map_err(|e| io_error(path, e))?;
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
     if file_len < 8 {
-        return Err(corrupt(path, format!("file is {file_len} bytes, shorter than the 8-byte header length")));
+        return Err(corrupt(
+            path,
+            format!("file is {file_len} bytes, shorter than the 8-byte header length"),
+        ));
     }
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes).map_err(|e| io_error(path, e))?;
+    file.read_exact(&mut len_bytes)
+        .map_err(|e| io_error(path, e))?;
     let n = check_header_len(path, u64::from_le_bytes(len_bytes), file_len)?;
     let mut json = vec![0u8; n];
     file.read_exact(&mut json).map_err(|e| io_error(path, e))?;
@@ -182,7 +88,10 @@ pub fn read_header(path: &Path) -> Result<Header, OpError> {
 pub fn header_from_bytes(path: &Path, bytes: &[u8]) -> Result<Header, OpError> {
     let file_len = bytes.len() as u64;
     if bytes.len() < 8 {
-        return Err(corrupt(path, format!("file is {file_len} bytes, shorter than the 8-byte header length")));
+        return Err(corrupt(
+            path,
+            format!("file is {file_len} bytes, shorter than the 8-byte header length"),
+        ));
     }
     let raw: [u8; 8] = bytes[..8].try_into().unwrap_or_default();
     let n = check_header_len(path, u64::from_le_bytes(raw), file_len)?;
@@ -191,12 +100,18 @@ pub fn header_from_bytes(path: &Path, bytes: &[u8]) -> Result<Header, OpError> {
 
 fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<usize, OpError> {
     if n > MAX_HEADER_BYTES {
-        return Err(corrupt(path, format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")));
+        return Err(corrupt(
+            path,
+            format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        ));
     }
     if n > file_len - 8 {
         return Err(corrupt(
             path,
-            format!("header length {n} is larger than the {} bytes after the length prefix", file_len - 8),
+            format!(
+                "header length {n} is larger than the {} bytes after the length prefix",
+                file_len - 8
+            ),
         ));
     }
     Ok(n as usize)
@@ -223,7 +138,10 @@ pub fn parse_header(path: &Path, json: &[u8], file_len: u64) -> Result<Header, O
             };
             for (k, v) in meta {
                 let Value::String(s) = v else {
-                    return Err(corrupt(path, format!("metadata value `{k}` is not a string")));
+                    return Err(corrupt(
+                        path,
+                        format!("metadata value `{k}` is not a string"),
+                    ));
                 };
                 metadata.insert(k, s);
             }
@@ -233,15 +151,34 @@ pub fn parse_header(path: &Path, json: &[u8], file_len: u64) -> Result<Header, O
         tensors.insert(name, info);
     }
     check_overlaps(path, &tensors)?;
-    Ok(Header { tensors, metadata, data_start, file_len })
+    Ok(Header {
+        tensors,
+        metadata,
+        data_start,
+        file_len,
+    })
 }
 
-fn parse_entry(path: &Path, name: &str, entry: &Value, data_len: usize) -> Result<TensorInfo, OpError> {
+fn parse_entry(
+    path: &Path,
+    name: &str,
+    entry: &Value,
+    data_len: usize,
+) -> Result<TensorInfo, OpError> {
     let bad = |what: String| corrupt(path, format!("tensor `{name}`: {what}"));
-    let obj = entry.as_object().ok_or_else(|| bad("entry is not a JSON object".into()))?;
-    let dtype_str = obj.get("dtype").and_then(Value::as_str).ok_or_else(|| bad("missing `dtype` string".into()))?;
-    let dtype = Dtype::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype `{dtype_str}`")))?;
-    let shape_json = obj.get("shape").and_then(Value::as_array).ok_or_else(|| bad("missing `shape` array".into()))?;
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| bad("entry is not a JSON object".into()))?;
+    let dtype_str = obj
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing `dtype` string".into()))?;
+    let dtype =
+        Dtype::parse(dtype_str).ok_or_else(|| bad(format!("unknown dtype `{dtype_str}`")))?;
+    let shape_json = obj
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("missing `shape` array".into()))?;
     let mut shape = Vec::with_capacity(shape_json.len());
     for d in shape_json {
         let d = d.as_u64().and_then(|d| usize::try_from(d).ok());
@@ -257,10 +194,14 @@ fn parse_entry(path: &Path, name: &str, entry: &Value, data_len: usize) -> Resul
         return Err(bad("data_offsets must be non-negative integers".into()));
     };
     if end < begin {
-        return Err(bad(format!("data_offsets end {end} is before begin {begin}")));
+        return Err(bad(format!(
+            "data_offsets end {end} is before begin {begin}"
+        )));
     }
     if end > data_len {
-        return Err(bad(format!("data_offsets [{begin}, {end}] run past the {data_len}-byte data region")));
+        return Err(bad(format!(
+            "data_offsets [{begin}, {end}] run past the {data_len}-byte data region"
+        )));
     }
     let bytes = shape
         .iter()
@@ -273,7 +214,11 @@ fn parse_entry(path: &Path, name: &str, entry: &Value, data_len: usize) -> Resul
             end - begin
         )));
     }
-    Ok(TensorInfo { dtype, shape, offsets: (begin, end) })
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        offsets: (begin, end),
+    })
 }
 
 fn check_overlaps(path: &Path, tensors: &BTreeMap<String, TensorInfo>) -> Result<(), OpError> {
@@ -285,7 +230,13 @@ fn check_overlaps(path: &Path, tensors: &BTreeMap<String, TensorInfo>) -> Result
     ranges.sort_unstable();
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(corrupt(path, format!("tensors `{}` and `{}` overlap in the data region", w[0].2, w[1].2)));
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensors `{}` and `{}` overlap in the data region",
+                    w[0].2, w[1].2
+                ),
+            ));
         }
     }
     Ok(())
@@ -322,12 +273,30 @@ mod tests {
     #[test]
     fn rejects_bad_entries() {
         let cases = [
-            (r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}}"#, "needs 4"),
-            (r#"{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,4]}}"#, "unknown dtype"),
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,0]}}"#, "before begin"),
-            (r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, "run past"),
-            (r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#, "overflows"),
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, "overlap"),
+            (
+                r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}}"#,
+                "needs 4",
+            ),
+            (
+                r#"{"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,4]}}"#,
+                "unknown dtype",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,0]}}"#,
+                "before begin",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                "run past",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+                "overflows",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                "overlap",
+            ),
             (r#"{"__metadata__":{"k":1}}"#, "not a string"),
             (r#"[1,2]"#, "not a JSON object"),
             (r#"{"a":"#, "not valid JSON"),
@@ -347,20 +316,21 @@ mod tests {
         assert_eq!(header_from_bytes(p, &[1, 2, 3]).unwrap_err().code, CORRUPT);
         let mut b = u64::MAX.to_le_bytes().to_vec();
         b.extend_from_slice(b"{}");
-        assert!(header_from_bytes(p, &b).unwrap_err().message.contains("limit"));
+        assert!(header_from_bytes(p, &b)
+            .unwrap_err()
+            .message
+            .contains("limit"));
         let mut b = 100u64.to_le_bytes().to_vec();
         b.extend_from_slice(b"{}");
-        assert!(header_from_bytes(p, &b).unwrap_err().message.contains("larger than"));
+        assert!(header_from_bytes(p, &b)
+            .unwrap_err()
+            .message
+            .contains("larger than"));
         let mut b = 2u64.to_le_bytes().to_vec();
         b.extend_from_slice(&[0xff, 0xfe]);
-        assert!(header_from_bytes(p, &b).unwrap_err().message.contains("UTF-8"));
-    }
-
-    #[test]
-    fn dtype_names_round_trip() {
-        for d in [Dtype::Bool, Dtype::F8E4M3, Dtype::BF16, Dtype::F16, Dtype::I64, Dtype::U64] {
-            assert_eq!(Dtype::parse(d.as_str()), Some(d));
-        }
-        assert_eq!(Dtype::parse("F4"), None);
+        assert!(header_from_bytes(p, &b)
+            .unwrap_err()
+            .message
+            .contains("UTF-8"));
     }
 }

@@ -7,14 +7,15 @@
 //! built in `<out_dir>.tmp-<pid>` together with `config.json` (with `torch_dtype` updated) and the
 //! first input's tokenizer files, and renamed into place only after everything succeeded.
 
-use super::header::Dtype;
+use super::dtype::Dtype;
 use super::model_dir::ModelDir;
+use super::pipeline::stream_tensors;
 use super::writer::{SafetensorsWriter, WriterOptions};
 use crate::diag::OpError;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Figures from one merge.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +43,19 @@ impl Drop for TmpDir {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> OpError {
-    OpError::new("smelt::io::write_failed", format!("{}: {e}", path.display()))
-        .with_help("check that the output location is writable and has free space")
+    OpError::new(
+        "smelt::io::write_failed",
+        format!("{}: {e}", path.display()),
+    )
+    .with_help("check that the output location is writable and has free space")
 }
 
 fn sibling(path: &Path, suffix: &str) -> Result<PathBuf, OpError> {
     let name = path.file_name().ok_or_else(|| {
-        OpError::new("smelt::io::write_failed", format!("{}: output must name a directory", path.display()))
+        OpError::new(
+            "smelt::io::write_failed",
+            format!("{}: output must name a directory", path.display()),
+        )
     })?;
     let mut name = name.to_os_string();
     name.push(suffix);
@@ -58,9 +65,17 @@ fn sibling(path: &Path, suffix: &str) -> Result<PathBuf, OpError> {
 /// True when replacing `path` cannot destroy unrelated data: it is an empty directory or a model
 /// directory (has weights or a config).
 fn replaceable(path: &Path) -> bool {
-    let Ok(mut entries) = std::fs::read_dir(path) else { return false };
+    let Ok(mut entries) = std::fs::read_dir(path) else {
+        return false;
+    };
     entries.next().is_none()
-        || ["config.json", "model.safetensors", "model.safetensors.index.json"].iter().any(|f| path.join(f).is_file())
+        || [
+            "config.json",
+            "model.safetensors",
+            "model.safetensors.index.json",
+        ]
+        .iter()
+        .any(|f| path.join(f).is_file())
 }
 
 /// Merge `inputs` into `out_dir`; `combine(name, per_model_values)` returns the merged values.
@@ -73,12 +88,18 @@ pub fn merge_streaming(
 ) -> Result<MergeStats, OpError> {
     let start = Instant::now();
     let first = *inputs.first().ok_or_else(|| {
-        OpError::new("smelt::check::no_models", "a merge needs at least one input model")
-            .with_help("pass one or more model directories")
+        OpError::new(
+            "smelt::check::no_models",
+            "a merge needs at least one input model",
+        )
+        .with_help("pass one or more model directories")
     })?;
     if !matches!(out_dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        return Err(OpError::new("smelt::io::unsupported_dtype", format!("cannot write merged weights as {out_dtype}"))
-            .with_help("choose F32, F16 or BF16"));
+        return Err(OpError::new(
+            "smelt::io::unsupported_dtype",
+            format!("cannot write merged weights as {out_dtype}"),
+        )
+        .with_help("choose F32, F16 or BF16"));
     }
     for other in &inputs[1..] {
         first.check_compatible(other)?;
@@ -86,11 +107,17 @@ pub fn merge_streaming(
     if out_dir.exists() && !replaceable(out_dir) {
         return Err(OpError::new(
             "smelt::io::output_exists",
-            format!("{}: exists and is not a model directory; refusing to replace it", out_dir.display()),
+            format!(
+                "{}: exists and is not a model directory; refusing to replace it",
+                out_dir.display()
+            ),
         )
         .with_help("choose a new output directory or remove the existing one"));
     }
-    let tmp = TmpDir { path: sibling(out_dir, &format!(".tmp-{}", std::process::id()))?, keep: false };
+    let tmp = TmpDir {
+        path: sibling(out_dir, &format!(".tmp-{}", std::process::id()))?,
+        keep: false,
+    };
     if tmp.path.exists() {
         std::fs::remove_dir_all(&tmp.path).map_err(|e| io_err(&tmp.path, e))?;
     }
@@ -101,7 +128,10 @@ pub fn merge_streaming(
         .into_iter()
         .map(|(n, d, s)| (n, if d.is_float() { out_dtype } else { d }, s))
         .collect();
-    let opts = WriterOptions { metadata, ..WriterOptions::default() };
+    let opts = WriterOptions {
+        metadata,
+        ..WriterOptions::default()
+    };
     let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
     let bytes_read = stream_tensors(inputs, &mut writer, combine)?;
     let mut bytes_written = writer.finish()?.bytes;
@@ -117,110 +147,18 @@ pub fn merge_streaming(
         bytes_written += text.len() as u64;
     }
     for src in first.side_files() {
-        let Some(name) = src.file_name() else { continue };
+        let Some(name) = src.file_name() else {
+            continue;
+        };
         let dst = tmp.path.join(name);
         bytes_written += std::fs::copy(src, &dst).map_err(|e| io_err(&dst, e))?;
     }
     commit(tmp, out_dir)?;
-    Ok(MergeStats { tensors: specs.len(), bytes_read, bytes_written, seconds: start.elapsed().as_secs_f64() })
-}
-
-/// Decode tensor `name` of `inputs` into `bufs` (one per input) and drop the mapped pages.
-fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Result<(), OpError> {
-    for (input, buf) in inputs.iter().zip(bufs.iter_mut()) {
-        input.read_f32_into(name, buf)?;
-        input.evict(name);
-    }
-    Ok(())
-}
-
-/// Work for the helper thread: decode `name` from the first `r` inputs into `bufs`.
-struct Job<'a> {
-    name: &'a str,
-    r: usize,
-    bufs: Vec<Vec<f32>>,
-}
-
-struct Decoded {
-    bufs: Vec<Vec<f32>>,
-    /// How long the helper sat idle before this job arrived.
-    idle: Duration,
-    result: Result<(), OpError>,
-}
-
-fn take(pool: &mut Vec<Vec<f32>>, k: usize) -> Vec<Vec<f32>> {
-    (0..k).map(|_| pool.pop().unwrap_or_default()).collect()
-}
-
-/// Read, combine and write every tensor in name order; returns the tensor bytes read.
-///
-/// Two cores, two threads: a scoped helper decodes the first `r` inputs of tensor k+1 while
-/// this thread combines and writes tensor k and then decodes the remaining `n - r` inputs of
-/// k+1 itself. `r` adapts so that neither side waits for the other. Buffers are recycled through
-/// a pool, so at most two tensors' worth of inputs (plus one combined result) are alive.
-fn stream_tensors(
-    inputs: &[&ModelDir],
-    writer: &mut SafetensorsWriter,
-    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
-) -> Result<u64, OpError> {
-    let n = inputs.len();
-    let first = inputs[0];
-    let floats: Vec<&str> =
-        first.tensors().iter().filter(|(_, (_, t))| t.dtype.is_float()).map(|(k, _)| k.as_str()).collect();
-    let mut bytes_read = 0u64;
-    std::thread::scope(|scope| -> Result<u64, OpError> {
-        let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
-        scope.spawn(move || {
-            let mut since = Instant::now();
-            while let Ok(mut job) = job_rx.recv() {
-                let idle = since.elapsed();
-                let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
-                if done_tx.send(Decoded { bufs: job.bufs, idle, result }).is_err() {
-                    return;
-                }
-                since = Instant::now();
-            }
-        });
-        let mut pool: Vec<Vec<f32>> = Vec::new();
-        let (mut r, mut next) = (n, 0usize);
-        let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| {
-            if let Some(name) = floats.get(next) {
-                let _ = job_tx.send(Job { name, r, bufs: take(pool, r) });
-                next += 1;
-            }
-        };
-        send(&mut pool, r);
-        let mut r_sent = r;
-        for (name, (_, info)) in first.tensors() {
-            if !info.dtype.is_float() {
-                let raw = first.read_raw(name)?;
-                bytes_read += raw.len() as u64;
-                writer.write_raw(name, raw)?;
-                continue;
-            }
-            let mut own = take(&mut pool, n - r_sent);
-            read_inputs(&inputs[r_sent..], name, &mut own)?;
-            let waited = Instant::now();
-            let done = done_rx.recv().map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
-            let waited = waited.elapsed();
-            done.result?;
-            // Shift inputs towards whichever side waited less (±1 per tensor, ignoring jitter).
-            if waited > done.idle + Duration::from_micros(50) && r > 1 {
-                r -= 1;
-            } else if done.idle > waited + Duration::from_micros(50) && r < n {
-                r += 1;
-            }
-            send(&mut pool, r);
-            let mut bufs = done.bufs;
-            bufs.append(&mut own);
-            bytes_read += inputs.iter().map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64)).sum::<u64>();
-            let merged = combine(name, &bufs).map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
-            writer.write_f32(name, &merged)?;
-            pool.append(&mut bufs);
-            r_sent = r;
-        }
-        Ok(bytes_read)
+    Ok(MergeStats {
+        tensors: specs.len(),
+        bytes_read,
+        bytes_written,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 
@@ -248,7 +186,9 @@ fn commit(mut tmp: TmpDir, out_dir: &Path) -> Result<(), OpError> {
 /// streamed once; the inner loops vectorise.
 pub fn mean(values: &[Vec<f32>]) -> Vec<f32> {
     const BLOCK: usize = 4096;
-    let Some(first) = values.first() else { return Vec::new() };
+    let Some(first) = values.first() else {
+        return Vec::new();
+    };
     let n = values.iter().map(Vec::len).min().unwrap_or(0);
     let scale = 1.0 / values.len() as f32;
     let mut out = vec![0.0f32; n];
@@ -273,10 +213,22 @@ mod tests {
 
     fn model(dir: &Path, vals: &[f32], ids: &[i64]) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("config.json"), r#"{"vocab_size": 3, "torch_dtype": "float32"}"#).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"vocab_size": 3, "torch_dtype": "float32"}"#,
+        )
+        .unwrap();
         std::fs::write(dir.join("vocab.txt"), "a\nb\nc\n").unwrap();
-        let specs = vec![("w".into(), Dtype::F32, vec![vals.len()]), ("ids".into(), Dtype::I64, vec![ids.len()])];
-        let mut w = SafetensorsWriter::create(&dir.join("model.safetensors"), &specs, WriterOptions::default()).unwrap();
+        let specs = vec![
+            ("w".into(), Dtype::F32, vec![vals.len()]),
+            ("ids".into(), Dtype::I64, vec![ids.len()]),
+        ];
+        let mut w = SafetensorsWriter::create(
+            &dir.join("model.safetensors"),
+            &specs,
+            WriterOptions::default(),
+        )
+        .unwrap();
         let raw: Vec<u8> = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_raw("ids", &raw).unwrap();
         w.write_f32("w", vals).unwrap();
@@ -288,9 +240,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         model(&d.path().join("a"), &[1.0, 2.0], &[0, 1]);
         model(&d.path().join("b"), &[3.0, 6.0], &[5, 5]);
-        let (a, b) = (ModelDir::open(d.path().join("a")).unwrap(), ModelDir::open(d.path().join("b")).unwrap());
+        let (a, b) = (
+            ModelDir::open(d.path().join("a")).unwrap(),
+            ModelDir::open(d.path().join("b")).unwrap(),
+        );
         let out = d.path().join("out");
-        let stats = merge_streaming(&[&a, &b], &out, Dtype::BF16, BTreeMap::new(), &mut |_, v| Ok(mean(v))).unwrap();
+        let stats = merge_streaming(
+            &[&a, &b],
+            &out,
+            Dtype::BF16,
+            BTreeMap::new(),
+            &mut |_, v| Ok(mean(v)),
+        )
+        .unwrap();
         assert_eq!(stats.tensors, 2);
         let m = ModelDir::open(&out).unwrap();
         assert_eq!(m.read_f32("w").unwrap(), vec![2.0, 4.0]);
@@ -299,10 +261,47 @@ mod tests {
         assert_eq!(m.config().unwrap()["torch_dtype"], "bfloat16");
         assert!(out.join("vocab.txt").is_file());
         // Failing combine leaves the previous output intact and no temp dir behind.
-        let fail = merge_streaming(&[&a], &out, Dtype::F32, BTreeMap::new(), &mut |_, _| Err(OpError::msg("boom")));
-        assert!(fail.unwrap_err().message.contains("while merging tensor `w`"));
-        assert_eq!(ModelDir::open(&out).unwrap().read_f32("w").unwrap(), vec![2.0, 4.0]);
+        let fail = merge_streaming(&[&a], &out, Dtype::F32, BTreeMap::new(), &mut |_, _| {
+            Err(OpError::msg("boom"))
+        });
+        assert!(fail
+            .unwrap_err()
+            .message
+            .contains("while merging tensor `w`"));
+        assert_eq!(
+            ModelDir::open(&out).unwrap().read_f32("w").unwrap(),
+            vec![2.0, 4.0]
+        );
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn many_inputs_arrive_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let dirs: Vec<ModelDir> = (0..5)
+            .map(|i| {
+                let p = d.path().join(format!("m{i}"));
+                let vals: Vec<f32> = (0..5000).map(|j| (i * 10_000 + j) as f32).collect();
+                model(&p, &vals, &[i as i64]);
+                ModelDir::open(&p).unwrap()
+            })
+            .collect();
+        let refs: Vec<&ModelDir> = dirs.iter().collect();
+        let out = d.path().join("out");
+        // Order-sensitive combine: output = Σ_i i·v_i, checked against the inputs' order.
+        let mut weighted = |_: &str, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
+            let mut o = vec![0.0f32; v[0].len()];
+            for (i, x) in v.iter().enumerate() {
+                o.iter_mut().zip(x).for_each(|(o, x)| *o += i as f32 * x);
+            }
+            Ok(o)
+        };
+        merge_streaming(&refs, &out, Dtype::F32, BTreeMap::new(), &mut weighted).unwrap();
+        let got = ModelDir::open(&out).unwrap().read_f32("w").unwrap();
+        for (j, g) in got.iter().enumerate() {
+            let want: f32 = (0..5).map(|i| i as f32 * (i * 10_000 + j) as f32).sum();
+            assert_eq!(*g, want);
+        }
     }
 
     #[test]
@@ -312,7 +311,13 @@ mod tests {
         std::fs::create_dir(d.path().join("docs")).unwrap();
         std::fs::write(d.path().join("docs/notes.txt"), "keep me").unwrap();
         let a = ModelDir::open(d.path().join("a")).unwrap();
-        let e = merge_streaming(&[&a], &d.path().join("docs"), Dtype::F32, BTreeMap::new(), &mut |_, v| Ok(v[0].clone()));
+        let e = merge_streaming(
+            &[&a],
+            &d.path().join("docs"),
+            Dtype::F32,
+            BTreeMap::new(),
+            &mut |_, v| Ok(v[0].clone()),
+        );
         assert_eq!(e.unwrap_err().code, "smelt::io::output_exists");
         assert!(d.path().join("docs/notes.txt").is_file());
     }

@@ -6,12 +6,15 @@
 //! tensor with bounded memory; `convert` holds the byte ⇄ f32 conversions they share.
 
 pub mod convert;
+pub mod dtype;
 pub mod header;
 pub mod merge;
 pub mod model_dir;
+mod pipeline;
 pub mod writer;
 
-pub use header::{read_header, Dtype, Header, TensorInfo};
+pub use dtype::Dtype;
+pub use header::{read_header, Header, TensorInfo};
 pub use merge::{merge_streaming, MergeStats};
 pub use model_dir::ModelDir;
 pub use writer::{SafetensorsWriter, WriterOptions, Written};

@@ -7,7 +7,8 @@
 //! A bare `*.safetensors` file also opens (no config, no side files).
 
 use super::convert::bytes_to_f32;
-use super::header::{io_error, read_header, Dtype, Header, TensorInfo, CORRUPT};
+use super::dtype::Dtype;
+use super::header::{io_error, read_header, Header, TensorInfo, CORRUPT};
 use crate::diag::OpError;
 use memmap2::{Mmap, UncheckedAdvice};
 use serde_json::Value;
@@ -51,8 +52,11 @@ pub struct ModelDir {
 fn read_json(path: &Path) -> Result<Value, OpError> {
     let text = std::fs::read(path).map_err(|e| io_error(path, e))?;
     serde_json::from_slice(&text).map_err(|e| {
-        OpError::new("smelt::io::bad_json", format!("{}: invalid JSON ({e})", path.display()))
-            .with_help("fix or re-download the file")
+        OpError::new(
+            "smelt::io::bad_json",
+            format!("{}: invalid JSON ({e})", path.display()),
+        )
+        .with_help("fix or re-download the file")
     })
 }
 
@@ -63,8 +67,11 @@ fn map_shard(path: PathBuf) -> Result<Shard, OpError> {
     // truncated while mapped. The length is re-checked against the validated header.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| io_error(&path, e))?;
     if mmap.len() as u64 != header.file_len {
-        return Err(OpError::new(CORRUPT, format!("{}: file changed size while being opened", path.display()))
-            .with_help("do not modify model files while they are read"));
+        return Err(OpError::new(
+            CORRUPT,
+            format!("{}: file changed size while being opened", path.display()),
+        )
+        .with_help("do not modify model files while they are read"));
     }
     Ok(Shard { path, header, mmap })
 }
@@ -79,8 +86,16 @@ impl ModelDir {
             return ModelDir::assemble(path, None, vec![shard], None, Vec::new());
         }
         let config_path = path.join("config.json");
-        let config = if config_path.is_file() { Some(read_json(&config_path)?) } else { None };
-        let side_files = SIDE_FILES.iter().map(|f| path.join(f)).filter(|p| p.is_file()).collect();
+        let config = if config_path.is_file() {
+            Some(read_json(&config_path)?)
+        } else {
+            None
+        };
+        let side_files = SIDE_FILES
+            .iter()
+            .map(|f| path.join(f))
+            .filter(|p| p.is_file())
+            .collect();
         let single = path.join("model.safetensors");
         let index_path = path.join("model.safetensors.index.json");
         if single.is_file() {
@@ -90,9 +105,14 @@ impl ModelDir {
         if !index_path.is_file() {
             return Err(OpError::new(
                 "smelt::io::missing_file",
-                format!("{}: no model.safetensors or model.safetensors.index.json", path.display()),
+                format!(
+                    "{}: no model.safetensors or model.safetensors.index.json",
+                    path.display()
+                ),
             )
-            .with_help("expected a Hugging Face model directory (config.json + safetensors weights)"));
+            .with_help(
+                "expected a Hugging Face model directory (config.json + safetensors weights)",
+            ));
         }
         let index = read_json(&index_path)?;
         let bad = |what: String| {
@@ -105,7 +125,9 @@ impl ModelDir {
             .ok_or_else(|| bad("no `weight_map` object".into()))?;
         let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in weight_map {
-            let file = file.as_str().ok_or_else(|| bad(format!("`{name}` maps to a non-string")))?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("`{name}` maps to a non-string")))?;
             if file.is_empty() || file.contains(['/', '\\']) || file == ".." || file == "." {
                 return Err(bad(format!("shard name `{file}` is not a plain file name")));
             }
@@ -114,8 +136,13 @@ impl ModelDir {
         let mut shards = Vec::new();
         for (file, names) in &wanted {
             let shard = map_shard(path.join(file))?;
-            if let Some(n) = names.iter().find(|n| !shard.header.tensors.contains_key(**n)) {
-                return Err(bad(format!("`{n}` is listed in {file}, which has no such tensor")));
+            if let Some(n) = names
+                .iter()
+                .find(|n| !shard.header.tensors.contains_key(**n))
+            {
+                return Err(bad(format!(
+                    "`{n}` is listed in {file}, which has no such tensor"
+                )));
             }
             shards.push(shard);
         }
@@ -146,7 +173,14 @@ impl ModelDir {
                 }
             }
         }
-        Ok(ModelDir { path, config, shards, index, tensors, side_files })
+        Ok(ModelDir {
+            path,
+            config,
+            shards,
+            index,
+            tensors,
+            side_files,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -177,11 +211,16 @@ impl ModelDir {
 
     /// Metadata (`__metadata__`) of the first shard.
     pub fn metadata(&self) -> BTreeMap<String, String> {
-        self.shards.first().map(|s| s.header.metadata.clone()).unwrap_or_default()
+        self.shards
+            .first()
+            .map(|s| s.header.metadata.clone())
+            .unwrap_or_default()
     }
 
     pub fn has_tokenizer(&self) -> bool {
-        self.side_files.iter().any(|p| p.ends_with("tokenizer.json"))
+        self.side_files
+            .iter()
+            .any(|p| p.ends_with("tokenizer.json"))
     }
 
     /// Tokenizer, vocabulary and generation files present in the directory.
@@ -191,38 +230,57 @@ impl ModelDir {
 
     /// Total bytes of tensor data over all shards.
     pub fn data_bytes(&self) -> u64 {
-        self.tensors.values().map(|(_, t)| t.byte_len() as u64).sum()
+        self.tensors
+            .values()
+            .map(|(_, t)| t.byte_len() as u64)
+            .sum()
     }
 
     /// `vocab_size` from `config.json` (top level, or `text_config` for multimodal configs).
     pub fn vocab_size(&self) -> Option<usize> {
         let c = self.config.as_ref()?;
-        let v = c.get("vocab_size").or_else(|| c.get("text_config")?.get("vocab_size"))?;
+        let v = c
+            .get("vocab_size")
+            .or_else(|| c.get("text_config")?.get("vocab_size"))?;
         v.as_u64().and_then(|v| usize::try_from(v).ok())
     }
 
     /// `(name, dtype, shape)` of every tensor, sorted by name.
     pub fn signature(&self) -> Vec<(String, Dtype, Vec<usize>)> {
-        self.tensors.iter().map(|(n, (_, t))| (n.clone(), t.dtype, t.shape.clone())).collect()
+        self.tensors
+            .iter()
+            .map(|(n, (_, t))| (n.clone(), t.dtype, t.shape.clone()))
+            .collect()
     }
 
     /// Check that `other` has the same tensor names and shapes and the same vocabulary size.
     pub fn check_compatible(&self, other: &ModelDir) -> Result<(), OpError> {
         let (a, b) = (self.path.display(), other.path.display());
         let fail = |msg: String| {
-            OpError::new(INCOMPATIBLE, msg)
-                .with_help("merging needs models of one architecture and vocabulary (fine-tunes of one base)")
+            OpError::new(INCOMPATIBLE, msg).with_help(
+                "merging needs models of one architecture and vocabulary (fine-tunes of one base)",
+            )
         };
         if let (Some(va), Some(vb)) = (self.vocab_size(), other.vocab_size()) {
             if va != vb {
-                return Err(fail(format!("vocabulary sizes differ: {a} has {va}, {b} has {vb}")));
+                return Err(fail(format!(
+                    "vocabulary sizes differ: {a} has {va}, {b} has {vb}"
+                )));
             }
         }
         let names: BTreeSet<&String> = self.tensors.keys().chain(other.tensors.keys()).collect();
         for name in names {
             match (self.info(name), other.info(name)) {
-                (Some(_), None) => return Err(fail(format!("tensor `{name}` is in {a} but missing from {b}"))),
-                (None, Some(_)) => return Err(fail(format!("tensor `{name}` is in {b} but missing from {a}"))),
+                (Some(_), None) => {
+                    return Err(fail(format!(
+                        "tensor `{name}` is in {a} but missing from {b}"
+                    )))
+                }
+                (None, Some(_)) => {
+                    return Err(fail(format!(
+                        "tensor `{name}` is in {b} but missing from {a}"
+                    )))
+                }
                 (Some(x), Some(y)) if x.shape != y.shape => {
                     return Err(fail(format!(
                         "tensor `{name}` has shape {:?} in {a} but {:?} in {b}",
@@ -243,8 +301,14 @@ impl ModelDir {
 
     fn locate(&self, name: &str) -> Result<(&Shard, &TensorInfo), OpError> {
         let (i, info) = self.tensors.get(name).ok_or_else(|| {
-            OpError::new("smelt::io::missing_tensor", format!("{}: no tensor named `{name}`", self.path.display()))
-                .with_help(format!("the model has {} tensors; check the name", self.tensors.len()))
+            OpError::new(
+                "smelt::io::missing_tensor",
+                format!("{}: no tensor named `{name}`", self.path.display()),
+            )
+            .with_help(format!(
+                "the model has {} tensors; check the name",
+                self.tensors.len()
+            ))
         })?;
         Ok((&self.shards[*i], info))
     }
@@ -255,14 +319,21 @@ impl ModelDir {
         let start = shard.header.data_start + info.offsets.0;
         let end = shard.header.data_start + info.offsets.1;
         shard.mmap.get(start..end).ok_or_else(|| {
-            OpError::new(CORRUPT, format!("{}: tensor `{name}` lies outside the file", shard.path.display()))
+            OpError::new(
+                CORRUPT,
+                format!(
+                    "{}: tensor `{name}` lies outside the file",
+                    shard.path.display()
+                ),
+            )
         })
     }
 
     /// Read a tensor converted to f32 into `out` (reusing its allocation).
     pub fn read_f32_into(&self, name: &str, out: &mut Vec<f32>) -> Result<(), OpError> {
         let dtype = self.locate(name)?.1.dtype;
-        bytes_to_f32(dtype, self.read_raw(name)?, out).map_err(|e| e.context(format!("tensor `{name}`")))
+        bytes_to_f32(dtype, self.read_raw(name)?, out)
+            .map_err(|e| e.context(format!("tensor `{name}`")))
     }
 
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, OpError> {
@@ -272,7 +343,11 @@ impl ModelDir {
     }
 
     /// Read a tensor as an f32 candle tensor of its stored shape.
-    pub fn read_tensor(&self, name: &str, device: &candle_core::Device) -> Result<candle_core::Tensor, OpError> {
+    pub fn read_tensor(
+        &self,
+        name: &str,
+        device: &candle_core::Device,
+    ) -> Result<candle_core::Tensor, OpError> {
         let shape = self.locate(name)?.1.shape.clone();
         let data = self.read_f32(name)?;
         Ok(candle_core::Tensor::from_vec(data, shape, device)?)
@@ -281,14 +356,20 @@ impl ModelDir {
     /// Hint that a tensor's mapped pages are no longer needed by this process, so they stop
     /// counting towards its RSS (the page cache keeps them). Failures are ignored.
     pub fn evict(&self, name: &str) {
-        let Ok((shard, info)) = self.locate(name) else { return };
+        let Ok((shard, info)) = self.locate(name) else {
+            return;
+        };
         const PAGE: usize = 64 * 1024; // a multiple of every common page size
         let start = (shard.header.data_start + info.offsets.0).div_ceil(PAGE) * PAGE;
         let end = (shard.header.data_start + info.offsets.1) / PAGE * PAGE;
         if end > start {
             // SAFETY: the mapping is read-only and file-backed, so dropping pages only means
             // later reads fault them in again from the file.
-            let _ = unsafe { shard.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+            let _ = unsafe {
+                shard
+                    .mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
         }
     }
 }
@@ -309,8 +390,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let a: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_file(&d.join("s1.safetensors"), r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &a);
-        write_file(&d.join("s2.safetensors"), r#"{"b":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#, &[0x80, 0x3f]);
+        write_file(
+            &d.join("s1.safetensors"),
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            &a,
+        );
+        write_file(
+            &d.join("s2.safetensors"),
+            r#"{"b":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}"#,
+            &[0x80, 0x3f],
+        );
         std::fs::write(
             d.join("model.safetensors.index.json"),
             r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
@@ -322,7 +411,10 @@ mod tests {
         assert_eq!(m.read_f32("a").unwrap(), vec![1.0, 2.0]);
         assert_eq!(m.read_f32("b").unwrap(), vec![1.0]);
         assert_eq!(m.vocab_size(), Some(5));
-        assert_eq!(m.read_f32("zz").unwrap_err().code, "smelt::io::missing_tensor");
+        assert_eq!(
+            m.read_f32("zz").unwrap_err().code,
+            "smelt::io::missing_tensor"
+        );
         m.evict("a");
         assert_eq!(m.read_f32("a").unwrap(), vec![1.0, 2.0]);
     }
@@ -331,13 +423,20 @@ mod tests {
     fn rejects_bad_index_and_config() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map":{"a":"../x"}}"#).unwrap();
+        std::fs::write(
+            d.join("model.safetensors.index.json"),
+            r#"{"weight_map":{"a":"../x"}}"#,
+        )
+        .unwrap();
         assert_eq!(ModelDir::open(d).unwrap_err().code, CORRUPT);
         std::fs::write(d.join("config.json"), "{nope").unwrap();
         let e = ModelDir::open(d).unwrap_err();
         assert_eq!(e.code, "smelt::io::bad_json");
         assert!(e.message.contains("config.json"));
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(ModelDir::open(empty.path()).unwrap_err().code, "smelt::io::missing_file");
+        assert_eq!(
+            ModelDir::open(empty.path()).unwrap_err().code,
+            "smelt::io::missing_file"
+        );
     }
 }

@@ -11,7 +11,7 @@
 //! of 8 bytes, offsets relative to the data region, data contiguous with no gaps.
 
 use super::convert::f32_to_bytes;
-use super::header::Dtype;
+use super::dtype::Dtype;
 use crate::diag::OpError;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -33,7 +33,10 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { metadata: BTreeMap::new(), max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+        WriterOptions {
+            metadata: BTreeMap::new(),
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
     }
 }
 
@@ -66,8 +69,11 @@ pub struct SafetensorsWriter {
 }
 
 fn write_err(path: &Path, e: std::io::Error) -> OpError {
-    OpError::new("smelt::io::write_failed", format!("{}: {e}", path.display()))
-        .with_help("check that the output directory exists, is writable and has free space")
+    OpError::new(
+        "smelt::io::write_failed",
+        format!("{}: {e}", path.display()),
+    )
+    .with_help("check that the output directory exists, is writable and has free space")
 }
 
 fn spec_err(msg: String) -> OpError {
@@ -76,9 +82,16 @@ fn spec_err(msg: String) -> OpError {
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
-fn header_bytes(specs: &[(String, Dtype, Vec<usize>)], sizes: &[usize], meta: &BTreeMap<String, String>) -> Vec<u8> {
+fn header_bytes(
+    specs: &[(String, Dtype, Vec<usize>)],
+    sizes: &[usize],
+    meta: &BTreeMap<String, String>,
+) -> Vec<u8> {
     let mut map = Map::new();
-    let meta: Map<String, Value> = meta.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let meta: Map<String, Value> = meta
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     map.insert("__metadata__".into(), Value::Object(meta));
     let mut offset = 0usize;
     for ((name, dtype, shape), size) in specs.iter().zip(sizes) {
@@ -105,14 +118,20 @@ impl SafetensorsWriter {
     ) -> Result<SafetensorsWriter, OpError> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let file_name = path.file_name().and_then(|f| f.to_str()).ok_or_else(|| {
-            OpError::new("smelt::io::write_failed", format!("{}: not a file path", path.display()))
+            OpError::new(
+                "smelt::io::write_failed",
+                format!("{}: not a file path", path.display()),
+            )
         })?;
         let mut specs = specs.to_vec();
         specs.sort_by(|a, b| a.0.cmp(&b.0));
         let mut sizes = Vec::with_capacity(specs.len());
         for (i, (name, dtype, shape)) in specs.iter().enumerate() {
             if name.is_empty() || name == "__metadata__" || (i > 0 && specs[i - 1].0 == *name) {
-                return Err(spec_err(format!("{}: tensor name `{name}` is empty, reserved or repeated", path.display())));
+                return Err(spec_err(format!(
+                    "{}: tensor name `{name}` is empty, reserved or repeated",
+                    path.display()
+                )));
             }
             let size = shape
                 .iter()
@@ -140,7 +159,11 @@ impl SafetensorsWriter {
         let mut shards = Vec::with_capacity(n);
         let mut shard_of = Vec::with_capacity(specs.len());
         for (k, &(lo, hi, bytes)) in groups.iter().enumerate() {
-            let name = if n == 1 { file_name.to_string() } else { format!("{stem}-{:05}-of-{n:05}.safetensors", k + 1) };
+            let name = if n == 1 {
+                file_name.to_string()
+            } else {
+                format!("{stem}-{:05}-of-{n:05}.safetensors", k + 1)
+            };
             let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
             let header = header_bytes(&specs[lo..hi], &sizes[lo..hi], &meta);
             shard_of.extend(std::iter::repeat_n(k, hi - lo));
@@ -177,7 +200,8 @@ impl SafetensorsWriter {
         let plan = &self.shards[k];
         let file = File::create(&plan.tmp_path).map_err(|e| write_err(&plan.final_path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&plan.header).map_err(|e| write_err(&plan.final_path, e))?;
+        out.write_all(&plan.header)
+            .map_err(|e| write_err(&plan.final_path, e))?;
         self.cur = Some((k, out));
         Ok(())
     }
@@ -185,10 +209,16 @@ impl SafetensorsWriter {
     fn close_current(&mut self) -> Result<(), OpError> {
         if let Some((k, out)) = self.cur.take() {
             let path = &self.shards[k].final_path;
-            let file = out.into_inner().map_err(|e| write_err(path, e.into_error()))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| write_err(path, e.into_error()))?;
             let len = file.metadata().map_err(|e| write_err(path, e))?.len();
             if len != self.shards[k].file_len {
-                return Err(OpError::msg(format!("{}: wrote {len} bytes, planned {}", path.display(), self.shards[k].file_len)));
+                return Err(OpError::msg(format!(
+                    "{}: wrote {len} bytes, planned {}",
+                    path.display(),
+                    self.shards[k].file_len
+                )));
             }
         }
         Ok(())
@@ -198,12 +228,16 @@ impl SafetensorsWriter {
     fn expect(&self, name: &str) -> Result<usize, OpError> {
         match self.specs.get(self.next) {
             Some((n, ..)) if n == name => Ok(self.next),
-            Some((n, ..)) => Err(spec_err(if self.specs.iter().any(|s| s.0 == name) {
-                format!("tensor `{name}` written out of order; `{n}` comes next (sorted name order)")
-            } else {
-                format!("tensor `{name}` was not declared when the writer was created")
-            })),
-            None => Err(spec_err(format!("tensor `{name}`: every declared tensor was already written"))),
+            Some((n, ..)) => {
+                Err(spec_err(if self.specs.iter().any(|s| s.0 == name) {
+                    format!("tensor `{name}` written out of order; `{n}` comes next (sorted name order)")
+                } else {
+                    format!("tensor `{name}` was not declared when the writer was created")
+                }))
+            }
+            None => Err(spec_err(format!(
+                "tensor `{name}`: every declared tensor was already written"
+            ))),
         }
     }
 
@@ -215,7 +249,10 @@ impl SafetensorsWriter {
         if data.len() != numel {
             return Err(OpError::new(
                 "smelt::run::shape_mismatch",
-                format!("tensor `{name}`: got {} values but its declared shape {shape:?} has {numel}", data.len()),
+                format!(
+                    "tensor `{name}`: got {} values but its declared shape {shape:?} has {numel}",
+                    data.len()
+                ),
             ));
         }
         let mut buf = std::mem::take(&mut self.buf);
@@ -231,7 +268,11 @@ impl SafetensorsWriter {
         if bytes.len() != self.sizes[i] {
             return Err(OpError::new(
                 "smelt::run::shape_mismatch",
-                format!("tensor `{name}`: got {} bytes, declared {}", bytes.len(), self.sizes[i]),
+                format!(
+                    "tensor `{name}`: got {} bytes, declared {}",
+                    bytes.len(),
+                    self.sizes[i]
+                ),
             ));
         }
         self.append(i, bytes)
@@ -243,7 +284,8 @@ impl SafetensorsWriter {
             self.open_shard(k)?;
         }
         if let Some((_, out)) = self.cur.as_mut() {
-            out.write_all(bytes).map_err(|e| write_err(&self.shards[k].final_path, e))?;
+            out.write_all(bytes)
+                .map_err(|e| write_err(&self.shards[k].final_path, e))?;
         }
         self.next = i + 1;
         Ok(())
@@ -252,7 +294,9 @@ impl SafetensorsWriter {
     /// Flush, check every declared tensor was written, and move the files into place.
     pub fn finish(mut self) -> Result<Written, OpError> {
         if let Some(name) = self.next_name() {
-            return Err(spec_err(format!("writer finished before tensor `{name}` was written")));
+            return Err(spec_err(format!(
+                "writer finished before tensor `{name}` was written"
+            )));
         }
         // Shards with no tensors (only possible for an empty signature) still get their header.
         let last = self.shards.len() - 1;
@@ -263,15 +307,22 @@ impl SafetensorsWriter {
         let mut files = Vec::new();
         let mut bytes = 0;
         for plan in &self.shards {
-            std::fs::rename(&plan.tmp_path, &plan.final_path).map_err(|e| write_err(&plan.final_path, e))?;
+            std::fs::rename(&plan.tmp_path, &plan.final_path)
+                .map_err(|e| write_err(&plan.final_path, e))?;
             files.push(plan.final_path.clone());
             bytes += plan.file_len;
         }
         if let Some(index) = &self.index_path {
             let mut weight_map = Map::new();
             for (i, (name, ..)) in self.specs.iter().enumerate() {
-                let file = self.shards[self.shard_of[i]].final_path.file_name().unwrap_or_default();
-                weight_map.insert(name.clone(), Value::String(file.to_string_lossy().into_owned()));
+                let file = self.shards[self.shard_of[i]]
+                    .final_path
+                    .file_name()
+                    .unwrap_or_default();
+                weight_map.insert(
+                    name.clone(),
+                    Value::String(file.to_string_lossy().into_owned()),
+                );
             }
             let total: usize = self.sizes.iter().sum();
             let doc = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
@@ -304,7 +355,10 @@ mod tests {
     use crate::tensors::header::read_header;
 
     fn specs() -> Vec<(String, Dtype, Vec<usize>)> {
-        vec![("b".into(), Dtype::F16, vec![3]), ("a".into(), Dtype::F32, vec![2, 2])]
+        vec![
+            ("b".into(), Dtype::F16, vec![3]),
+            ("a".into(), Dtype::F32, vec![2, 2]),
+        ]
     }
 
     #[test]
@@ -329,9 +383,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("model.safetensors");
         let mut w = SafetensorsWriter::create(&p, &specs(), WriterOptions::default()).unwrap();
-        assert!(w.write_f32("b", &[0.0; 3]).unwrap_err().message.contains("out of order"));
-        assert!(w.write_f32("zz", &[0.0; 3]).unwrap_err().message.contains("not declared"));
-        assert_eq!(w.write_f32("a", &[0.0; 3]).unwrap_err().code, "smelt::run::shape_mismatch");
+        assert!(w
+            .write_f32("b", &[0.0; 3])
+            .unwrap_err()
+            .message
+            .contains("out of order"));
+        assert!(w
+            .write_f32("zz", &[0.0; 3])
+            .unwrap_err()
+            .message
+            .contains("not declared"));
+        assert_eq!(
+            w.write_f32("a", &[0.0; 3]).unwrap_err().code,
+            "smelt::run::shape_mismatch"
+        );
         w.write_f32("a", &[0.0; 4]).unwrap();
         assert!(w.finish().unwrap_err().message.contains("`b`"));
         // The unfinished writer removed its temp file and never created the target.
@@ -341,8 +406,15 @@ mod tests {
     #[test]
     fn duplicate_names_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let s = vec![("a".into(), Dtype::F32, vec![1]), ("a".into(), Dtype::F32, vec![1])];
-        let e = SafetensorsWriter::create(&dir.path().join("m.safetensors"), &s, WriterOptions::default());
+        let s = vec![
+            ("a".into(), Dtype::F32, vec![1]),
+            ("a".into(), Dtype::F32, vec![1]),
+        ];
+        let e = SafetensorsWriter::create(
+            &dir.path().join("m.safetensors"),
+            &s,
+            WriterOptions::default(),
+        );
         assert!(e.is_err());
     }
 }

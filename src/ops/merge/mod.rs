@@ -102,9 +102,11 @@ pub fn stream_to_model(
 }
 
 /// `Σ_i w_i · x_i` elementwise, accumulated in f32 in input order (deterministic).
+/// Starts from the first term (not from +0.0), so one model with weight 1 keeps even the
+/// sign of its zeros.
 pub fn weighted_sum(xs: &[Vec<f32>], weights: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; xs[0].len()];
-    for (x, &w) in xs.iter().zip(weights) {
+    let mut out: Vec<f32> = xs[0].iter().map(|v| weights[0] * v).collect();
+    for (x, &w) in xs.iter().zip(weights).skip(1) {
         for (o, v) in out.iter_mut().zip(x) {
             *o += w * v;
         }
