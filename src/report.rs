@@ -146,21 +146,20 @@ fn json_scalar(j: &serde_json::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     #[test]
     fn list_of_records_to_all_formats() {
         let row = |m: &str, acc: f64| {
-            let mut r = BTreeMap::new();
+            let mut r = crate::value::Record::new();
             r.insert("model".to_string(), Value::str(m));
             r.insert("acc".to_string(), Value::Float(acc));
             Value::Record(Arc::new(r))
         };
         let t = Table::from_value(&Value::list(vec![row("a", 0.5), row("b,c", 0.25)]));
-        assert_eq!(t.columns, vec!["acc", "model"]);
+        assert_eq!(t.columns, vec!["model", "acc"]);
         assert!(t.to_markdown().contains("| 0.25 "));
-        assert!(t.to_csv().contains("0.25,\"b,c\""));
+        assert!(t.to_csv().contains("\"b,c\",0.25"));
         assert_eq!(Table::from_json(&t.to_json()), Some(t));
     }
 

@@ -8,7 +8,6 @@
 
 use crate::cache::key::Key;
 use crate::types::Type;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,7 +20,8 @@ pub enum Value {
     None,
     List(Arc<Vec<Value>>),
     Tuple(Arc<Vec<Value>>),
-    Record(Arc<BTreeMap<String, Value>>),
+    /// Fields in the order written (hashing sorts them, so order never changes a key).
+    Record(Arc<Record>),
     /// A not-yet-realised operator result (index into the evaluator's graph + its key).
     Node(NodeRef),
     /// A realised domain object.
@@ -29,6 +29,9 @@ pub enum Value {
     /// Only known after running something that `smelt plan` may not run.
     Unknown(Type),
 }
+
+/// A record's fields, in the order written.
+pub type Record = indexmap::IndexMap<String, Value>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRef {

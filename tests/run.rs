@@ -308,3 +308,25 @@ fn count_objects(objects: &Path) -> usize {
         .map(|rd| rd.flatten().map(|p| std::fs::read_dir(p.path()).map(|r| r.count()).unwrap_or(0)).sum())
         .unwrap_or(0)
 }
+
+/// Data-driven runs: each `data/run/*.exp` runs on a fresh store; its reports and the outcome
+/// of its `expect`s are snapshotted (numbers rounded to 4 decimals by the Markdown renderer).
+#[test]
+fn data_driven_runs() {
+    insta::glob!("data/run/*.exp", |path| {
+        let t = Scratch::new();
+        let o = run_ok(path, &t.opts());
+        let mut out = String::new();
+        for (name, table) in &o.reports {
+            out += &format!("## {name}\n{}\n", table.to_markdown());
+        }
+        out += &format!("failed expects: {}\n", o.failed.len());
+        insta::assert_snapshot!(out);
+    });
+}
+
+#[test]
+fn operator_reference_is_current() {
+    let reg = smelt::ops::builtin_registry();
+    insta::assert_snapshot!(smelt::doc::reference(&reg));
+}

@@ -141,7 +141,9 @@ impl KeyBuilder {
             Value::Record(r) => {
                 self.tag(b'r');
                 self.h.update(&(r.len() as u64).to_le_bytes());
-                for (k, x) in r.iter() {
+                let mut fields: Vec<_> = r.iter().collect();
+                fields.sort_by(|a, b| a.0.cmp(b.0));
+                for (k, x) in fields {
                     self.str(k);
                     self.value(x);
                 }
@@ -169,7 +171,6 @@ impl KeyBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn key_of(v: &Value) -> Key {
@@ -185,10 +186,10 @@ mod tests {
 
     #[test]
     fn records_are_order_independent_lists_are_not() {
-        let mut a = BTreeMap::new();
+        let mut a = crate::value::Record::new();
         a.insert("x".to_string(), Value::Int(1));
         a.insert("y".to_string(), Value::Int(2));
-        let mut b = BTreeMap::new();
+        let mut b = crate::value::Record::new();
         b.insert("y".to_string(), Value::Int(2));
         b.insert("x".to_string(), Value::Int(1));
         assert_eq!(key_of(&Value::Record(Arc::new(a))), key_of(&Value::Record(Arc::new(b))));

@@ -8,7 +8,6 @@ use super::key::Key;
 use crate::diag::OpError;
 use crate::value::{Artifact, Kind, Value};
 use serde_json::{json, Value as J};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,7 +66,7 @@ pub fn value_from_json(j: &J, obj_dir: &Path) -> Result<Value, OpError> {
                     inner.as_array().ok_or_else(bad)?.iter().map(|x| value_from_json(x, obj_dir)).collect::<Result<_, _>>()?,
                 )),
                 "record" => {
-                    let mut r = BTreeMap::new();
+                    let mut r = crate::value::Record::new();
                     for (k, x) in inner.as_object().ok_or_else(bad)? {
                         r.insert(k.clone(), value_from_json(x, obj_dir)?);
                     }
@@ -98,7 +97,7 @@ mod tests {
     #[test]
     fn round_trip_all_shapes() {
         let dir = Path::new("/store/objects/ab/abc");
-        let mut rec = BTreeMap::new();
+        let mut rec = crate::value::Record::new();
         rec.insert("acc".to_string(), Value::Float(0.5));
         rec.insert("n".to_string(), Value::Int(3));
         let art = Artifact { kind: Kind::Model, dir: dir.join("model"), key: Key::of_bytes(b"m"), data: json!({"a": 1}) };

@@ -8,7 +8,7 @@ use crate::types::calls::{match_args, ParamSpec};
 use crate::types::check::DefInfo;
 use crate::types::{Ty, Type};
 use crate::value::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(crate) const NEEDS_RUN: &str = "smelt::plan::needs_run";
@@ -133,7 +133,7 @@ impl<'a> Evaluator<'a> {
             ExprKind::Name(n) => self.lookup(&n.name).ok_or_else(|| internal(format!("unbound `{}`", n.name), n.span))?,
             ExprKind::List(items) => Value::list(items.iter().map(|x| self.eval(x)).collect::<Result<_, _>>()?),
             ExprKind::Record(fields) => {
-                let mut r = BTreeMap::new();
+                let mut r = crate::value::Record::new();
                 for (k, v) in fields {
                     r.insert(k.name.clone(), self.eval(v)?);
                 }

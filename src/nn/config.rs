@@ -259,7 +259,7 @@ fn check_eps(eps: f64, name: &str, origin: &str) -> Result<f64, OpError> {
 }
 
 fn divisible(hidden: usize, heads: usize, origin: &str) -> Result<(), OpError> {
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(OpError::new(
             BAD,
             format!(
@@ -318,7 +318,7 @@ impl RawConfig {
             "num_key_value_heads",
             origin,
         )?;
-        if heads % kv != 0 {
+        if !heads.is_multiple_of(kv) {
             return Err(OpError::new(
                 BAD,
                 format!("{origin}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"),
@@ -331,7 +331,7 @@ impl RawConfig {
                 hidden_size / heads
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(OpError::new(
                 BAD,
                 format!("{origin}: head_dim {head_dim} must be even for RoPE"),

@@ -1,4 +1,4 @@
-//! Gradient-safe tensor ops shared by the model files (norms, softmax, attention masks).
+//! Gradient-safe tensor ops shared by the model files (norms, softmax, RoPE, GELU, masks).
 //!
 //! Several fused candle kernels (`layer_norm`, `rms_norm`, `softmax_last_dim`, fused rope) have
 //! no backward pass: gradients silently stop at them (see `shared/design/candle-notes.md`). Every
@@ -6,6 +6,7 @@
 //! autograd (`Tensor::track_op`: a `Var` or something computed from one), and the faster fused
 //! kernel only on pure inference paths, where no gradient can be lost. Both paths agree to ~1e-6.
 //! RMSNorm is the exception: it is always the composite, with f64 statistics (see [`rms_norm`]).
+//! GELU is a multithreaded custom op with its own backward (see [`gelu_erf`]).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 

@@ -183,6 +183,14 @@ impl Repl {
             Ok(e) => e,
             Err(d) => return self.errors(&[d]),
         };
+        if let crate::syntax::ast::ExprKind::Name(n) = &expr.kind {
+            if let (None, Some(d)) = (
+                self.session.env.globals.get(&n.name),
+                self.session.env.defs.get(&n.name),
+            ) {
+                return ReplOutput::ok(format!("def {}", d.usage()));
+            }
+        }
         let mut env = self.session.env.clone();
         let (ty, diags) = type_of(&self.session.reg, &mut env, &expr);
         if diags.iter().any(|d| d.is_error()) {

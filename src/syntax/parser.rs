@@ -24,6 +24,7 @@ use crate::source::{FileId, Span};
 use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
 use pest::Parser as _;
+use std::cell::Cell;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "grammar/smelt.pest"]
@@ -48,7 +49,11 @@ pub enum Line {
 /// Parse a whole `.exp` file (statements only; a bare expression is a syntax error).
 pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
     let root = run(Rule::file, file, src)?;
-    let cx = Cx { file, src };
+    let cx = Cx {
+        file,
+        src,
+        depth: Cell::new(0),
+    };
     let stmts = root
         .into_inner()
         .filter(|p| p.as_rule() == Rule::stmt)
@@ -60,7 +65,11 @@ pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
 /// Parse exactly one expression (e.g. the value of `--set name=value`).
 pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
     let root = run(Rule::expr_only, file, src)?;
-    let cx = Cx { file, src };
+    let cx = Cx {
+        file,
+        src,
+        depth: Cell::new(0),
+    };
     let e = root
         .into_inner()
         .find(|p| p.as_rule() == Rule::expr)
@@ -72,7 +81,11 @@ pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
 /// An empty (or comment-only) line is `Line::Stmts(vec![])`.
 pub fn parse_line(file: FileId, src: &str) -> Result<Line, Diagnostic> {
     let root = run(Rule::repl_line, file, src)?;
-    let cx = Cx { file, src };
+    let cx = Cx {
+        file,
+        src,
+        depth: Cell::new(0),
+    };
     let mut stmts = Vec::new();
     for p in root.into_inner() {
         match p.as_rule() {
@@ -146,23 +159,27 @@ fn sig(p: Pair<'_, Rule>) -> Vec<Pair<'_, Rule>> {
 /// compound-atomic ones (no implicit whitespace inside) use their own span, others the span
 /// from their first to their last child.
 fn tight(p: &Pair<'_, Rule>) -> (usize, usize) {
-    let own = (p.as_span().start(), p.as_span().end());
-    if matches!(
-        p.as_rule(),
-        Rule::string | Rule::doc_block | Rule::op_callee
-    ) {
-        return own;
+    /// Descend through first (or last) children to a token; iterative, as trees can be deep.
+    fn edge(p: &Pair<'_, Rule>, last: bool) -> usize {
+        let mut p = p.clone();
+        loop {
+            let span = p.as_span();
+            let own = if last { span.end() } else { span.start() };
+            if matches!(
+                p.as_rule(),
+                Rule::string | Rule::doc_block | Rule::op_callee
+            ) {
+                return own;
+            }
+            let mut inner = p.clone().into_inner();
+            let next = if last { inner.last() } else { inner.next() };
+            match next {
+                Some(c) => p = c,
+                None => return own,
+            }
+        }
     }
-    let mut inner = p.clone().into_inner();
-    let Some(first) = inner.next() else {
-        return own;
-    };
-    let last = inner.last();
-    let lo = tight(&first).0;
-    let hi = last
-        .as_ref()
-        .map_or_else(|| tight(&first).1, |l| tight(l).1);
-    (lo, hi)
+    (edge(p, false), edge(p, true))
 }
 
 /// The next child of a rule whose shape the grammar guarantees.
@@ -170,9 +187,15 @@ fn take<'i>(c: &mut impl Iterator<Item = Pair<'i, Rule>>) -> Pair<'i, Rule> {
     c.next().expect("grammar: rule shape")
 }
 
+/// The deepest nesting of expressions (and of types and patterns) a program may use. Deeper
+/// trees would overflow the stack here or in later recursive passes (checker, evaluator, drop).
+const MAX_DEPTH: usize = 200;
+
 struct Cx<'s> {
     file: FileId,
     src: &'s str,
+    /// An upper bound on the depth, below its statement, of the node being converted.
+    depth: Cell<usize>,
 }
 
 impl Cx<'_> {
@@ -187,6 +210,28 @@ impl Cx<'_> {
             name: p.as_str().to_string(),
             span: self.span(&p),
         }
+    }
+
+    /// Run `f` `levels` deeper; fail cleanly once the tree would be too deep.
+    fn nested<T>(
+        &self,
+        levels: usize,
+        p: &Pair<'_, Rule>,
+        f: impl FnOnce() -> PResult<T>,
+    ) -> PResult<T> {
+        let depth = self.depth.get() + levels;
+        if depth > MAX_DEPTH {
+            let lo = p.as_span().start();
+            let hi = lo + self.src[lo..].chars().next().map_or(0, char::len_utf8);
+            return Err(self
+                .err(lo, hi, "this is nested too deeply")
+                .with_label(format!("more than {MAX_DEPTH} levels of nesting"))
+                .with_help("split it into several `let` bindings"));
+        }
+        self.depth.set(depth);
+        let r = f();
+        self.depth.set(depth - levels);
+        r
     }
 
     fn opt_expr(&self, p: Option<Pair<'_, Rule>>) -> PResult<Option<Expr>> {
@@ -255,7 +300,7 @@ impl Cx<'_> {
                 Rule::ident => name = Some(self.ident(c)),
                 Rule::param => params.push(self.param(c)?),
                 Rule::expr => body = Some(self.expr(c)?),
-                Rule::block => body = Some(self.block(c)?),
+                Rule::block => body = Some(self.nested(1, &c.clone(), || self.block(c))?),
                 _ => {}
             }
         }
@@ -294,22 +339,21 @@ impl Cx<'_> {
         let (mut ty, mut default) = (None, None);
         for x in c {
             match x.as_rule() {
-                Rule::type_expr => ty = Some(self.type_expr(x)),
+                Rule::type_expr => ty = Some(self.type_expr(x)?),
                 _ => default = Some(self.expr(x)?),
             }
         }
         Ok(DefParam { name, ty, default })
     }
 
-    fn type_expr(&self, p: Pair<'_, Rule>) -> TypeExpr {
+    fn type_expr(&self, p: Pair<'_, Rule>) -> PResult<TypeExpr> {
         let span = self.span(&p);
-        let mut c = sig(p).into_iter();
-        let name = self.ident(c.next().expect("grammar: type has a name"));
-        TypeExpr {
-            name,
-            args: c.map(|a| self.type_expr(a)).collect(),
-            span,
-        }
+        self.nested(1, &p.clone(), || {
+            let mut c = sig(p).into_iter();
+            let name = self.ident(c.next().expect("grammar: type has a name"));
+            let args = c.map(|a| self.type_expr(a)).collect::<PResult<_>>()?;
+            Ok(TypeExpr { name, args, span })
+        })
     }
 
     fn block(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
@@ -391,28 +435,56 @@ impl Cx<'_> {
         })
     }
 
-    fn pattern(&self, p: Pair<'_, Rule>) -> Pattern {
+    fn pattern(&self, p: Pair<'_, Rule>) -> PResult<Pattern> {
         let span = self.span(&p);
-        let c = sig(p);
+        let c = sig(p.clone());
         match c.first() {
             Some(first) if c.len() == 1 && first.as_rule() == Rule::ident => {
-                Pattern::Name(self.ident(first.clone()))
+                Ok(Pattern::Name(self.ident(first.clone())))
             }
-            _ => Pattern::Tuple(c.into_iter().map(|x| self.pattern(x)).collect(), span),
+            _ => self.nested(1, &p, || {
+                let items = c
+                    .into_iter()
+                    .map(|x| self.pattern(x))
+                    .collect::<PResult<_>>()?;
+                Ok(Pattern::Tuple(items, span))
+            }),
         }
     }
 
     // ---- expressions --------------------------------------------------------------------
 
+    /// Convert an expression rule, counting one level of nesting for each node with children
+    /// (binary and postfix chains count themselves in [`Cx::binary`] and [`Cx::postfix`]).
     fn expr(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
-        let span = self.span(&p);
-        let kind = match p.as_rule() {
+        let adds_node = match p.as_rule() {
+            Rule::not_expr | Rule::unary => {
+                matches!(
+                    p.clone().into_inner().next().map(|c| c.as_rule()),
+                    Some(Rule::op_not | Rule::neg)
+                )
+            }
+            Rule::list | Rule::record | Rule::op_call | Rule::call => true,
+            _ => false,
+        };
+        if adds_node {
+            self.nested(1, &p.clone(), || self.expr_node(p))
+        } else {
+            self.expr_node(p)
+        }
+    }
+
+    fn expr_node(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
+        // Precedence levels and prefix operators: no span of their own is needed (computing
+        // one would walk down the whole operand chain).
+        match p.as_rule() {
             Rule::expr => {
                 return self.expr(p.into_inner().next().expect("grammar: expr has a child"))
             }
             Rule::or_expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
                 return self.binary(p)
             }
+            Rule::postfix => return self.postfix(p),
             Rule::not_expr | Rule::unary => {
                 let mut c = p.into_inner();
                 let first = c.next().expect("grammar: prefix expression has a child");
@@ -422,12 +494,17 @@ impl Cx<'_> {
                     _ => return self.expr(first),
                 };
                 let operand = self.expr(c.next().expect("grammar: prefix operand"))?;
-                ExprKind::Unary {
+                let span = Span::new(self.file, first.as_span().start(), operand.span.hi as usize);
+                let kind = ExprKind::Unary {
                     op,
                     operand: Box::new(operand),
-                }
+                };
+                return Ok(Expr { kind, span });
             }
-            Rule::postfix => return self.postfix(p),
+            _ => {}
+        }
+        let span = self.span(&p);
+        let kind = match p.as_rule() {
             Rule::float => {
                 let text = p.as_str().replace('_', "");
                 match text.parse::<f64>() {
@@ -484,7 +561,7 @@ impl Cx<'_> {
                         let body = Box::new(items.pop().expect("grammar: comprehension body"));
                         let mut t = sig(tail).into_iter();
                         let pattern =
-                            self.pattern(t.next().expect("grammar: comprehension pattern"));
+                            self.pattern(t.next().expect("grammar: comprehension pattern"))?;
                         let iter = Box::new(
                             self.expr(t.next().expect("grammar: comprehension iterable"))?,
                         );
@@ -531,6 +608,18 @@ impl Cx<'_> {
 
     /// A left fold over `operand (op operand)*`.
     fn binary(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
+        let ops = p.clone().into_inner().count() / 2;
+        if ops == 0 {
+            return self.expr(
+                p.into_inner()
+                    .next()
+                    .expect("grammar: binary has an operand"),
+            );
+        }
+        self.nested(ops, &p.clone(), || self.binary_chain(p))
+    }
+
+    fn binary_chain(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
         let mut c = p.into_inner();
         let mut lhs = self.expr(c.next().expect("grammar: binary has an operand"))?;
         while let Some(op) = c.next() {
@@ -566,6 +655,18 @@ impl Cx<'_> {
 
     /// `primary (.field | [index])*`, folded to the left.
     fn postfix(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
+        let ops = p.clone().into_inner().count() - 1;
+        if ops == 0 {
+            return self.expr(
+                p.into_inner()
+                    .next()
+                    .expect("grammar: postfix has a primary"),
+            );
+        }
+        self.nested(ops, &p.clone(), || self.postfix_chain(p))
+    }
+
+    fn postfix_chain(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
         let mut c = p.into_inner();
         let mut base = self.expr(c.next().expect("grammar: postfix has a primary"))?;
         for op in c {
@@ -866,8 +967,15 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
             positives,
             negatives,
         } => (positives.clone(), negatives.clone()),
+        // pest's own guards ("stack limit reached", "call limit reached").
         ErrorVariant::CustomError { message } => {
-            return Diagnostic::error(CODE, message.clone(), point(file, src, pos));
+            return Diagnostic::error(
+                CODE,
+                "this is nested too deeply to parse",
+                point(file, src, pos),
+            )
+            .with_label(format!("parser gave up here ({message})"))
+            .with_help("split it into several `let` bindings");
         }
     };
 
@@ -1429,6 +1537,46 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let ok = format!("{}1{}", "(".repeat(50), ")".repeat(50));
+        assert_eq!(e(&ok).kind, ExprKind::Int(1));
+        let ok = format!("let x = {}1{}", "[".repeat(50), "]".repeat(50));
+        assert_eq!(m(&ok).len(), 1);
+        for n in [300, 1_000, 100_000] {
+            let cases = [
+                format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+                format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+                format!("{}1", "-".repeat(n)),
+                format!("{}x", "not ".repeat(n)),
+                format!("1{}", " + 1".repeat(n)),
+                format!("xs{}", "[0]".repeat(n)),
+                format!("{}1{}", "f(".repeat(n), ")".repeat(n)),
+                format!("[x for {}x{} in xs]", "(".repeat(n), ")".repeat(n)),
+            ];
+            for src in cases {
+                eprintln!("case {n} {}", &src[..20]);
+                let d = parse_expr(F, &src).expect_err(&src[..20]);
+                assert!(
+                    d.message.contains("nested too deeply"),
+                    "{}: {}",
+                    &src[..20],
+                    d.message
+                );
+            }
+        }
+        let d = parse(
+            F,
+            &format!(
+                "def f(x: {}Int{}) = x",
+                "List<".repeat(300),
+                ">".repeat(300)
+            ),
+        )
+        .unwrap_err();
+        assert!(d.message.contains("nested too deeply"), "{}", d.message);
+    }
+
+    #[test]
     fn reserved_words() {
         for kw in RESERVED {
             let d = err(&format!("let {kw} = 1"));
@@ -1465,26 +1613,5 @@ mod tests {
         let d = err("let = 3");
         assert_eq!(d.message, "expected a name, found `=`");
         assert!(d.code == CODE);
-    }
-}
-#[cfg(test)]
-mod tmp_depth {
-    #[test]
-    fn depth_probe() {
-        for n in [100usize, 1000, 3000, 10000, 100000] {
-            let src = format!("{}1{}", "(".repeat(n), ")".repeat(n));
-            let r = super::parse_expr(crate::source::FileId(0), &src);
-            eprintln!("paren depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
-            let src = format!("let x = {}1{}", "[".repeat(n), "]".repeat(n));
-            let r = super::parse(crate::source::FileId(0), &src);
-            eprintln!("list depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
-            let src = format!("let x = {}1", "-".repeat(n));
-            let r = super::parse(crate::source::FileId(0), &src);
-            eprintln!("neg depth {n}: {:?}", r.as_ref().map(|_| ()).map_err(|d| d.message.clone()));
-        }
-        let src = format!("let x = 1{}", " + 1".repeat(100000));
-        let t = std::time::Instant::now();
-        let r = super::parse(crate::source::FileId(0), &src);
-        eprintln!("long chain: {:?} {:?}", r.is_ok(), t.elapsed());
     }
 }

@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// The per-tensor callback of a merge: `(tensor name, one f32 buffer per input) → merged values`.
+pub type CombineFn<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+
 /// Figures from one merge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeStats {
@@ -84,7 +87,7 @@ pub fn merge_streaming(
     out_dir: &Path,
     out_dtype: Dtype,
     metadata: BTreeMap<String, String>,
-    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
+    combine: &mut CombineFn<'_>,
 ) -> Result<MergeStats, OpError> {
     let start = Instant::now();
     let first = *inputs.first().ok_or_else(|| {

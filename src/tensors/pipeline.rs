@@ -7,6 +7,7 @@
 //! thread (it need not be `Send`). Decode buffers are recycled through a pool, so memory is
 //! bounded by about two tensors' worth of inputs plus one combined result.
 
+use super::merge::CombineFn;
 use super::model_dir::ModelDir;
 use super::writer::SafetensorsWriter;
 use crate::diag::OpError;
@@ -48,7 +49,7 @@ fn take(pool: &mut Vec<Vec<f32>>, k: usize) -> Vec<Vec<f32>> {
 pub(crate) fn stream_tensors(
     inputs: &[&ModelDir],
     writer: &mut SafetensorsWriter,
-    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
+    combine: &mut CombineFn<'_>,
 ) -> Result<u64, OpError> {
     let n = inputs.len();
     let first = inputs[0];
