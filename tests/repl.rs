@@ -177,3 +177,60 @@ fn completes_methods_params_names_and_commands() {
         (6, vec!["average".to_string()])
     );
 }
+
+/// Not a test by itself: the child process of `terminal_runs_piped_input`.
+#[test]
+fn terminal_child() {
+    let Some(store) = std::env::var_os("SMELT_REPL_CHILD") else {
+        return;
+    };
+    std::process::exit(smelt::repl::terminal::run_terminal(
+        std::path::Path::new(&store),
+        None,
+    ));
+}
+
+#[test]
+fn terminal_runs_piped_input() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let store = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "terminal_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SMELT_REPL_CHILD", store.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = "let x = 1 + 2\nx * 2\nnope\n:q\nx\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("x : Int\n6\n"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("unknown name `nope`"), "stderr: {stderr}");
+    assert!(!stdout.contains("\n3\n"), ":q stops reading: {stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed line in a piped script fails the run"
+    );
+    let history = std::fs::read_to_string(store.path().join("repl_history.txt")).unwrap();
+    assert!(history.contains("x * 2"), "{history}");
+}

@@ -242,7 +242,7 @@ fn set_overrides_are_typed() {
     let t = Scratch::new();
     let f = t.write("s.exp", "let profile = \"small\"\nlet n = 3\nreport {p: profile, n: n} as \"r\"\n");
     let o = run_ok(&f, &RunOptions { overrides: vec![("profile".into(), "full".into()), ("n".into(), "5".into())], ..t.opts() });
-    assert_eq!(o.reports[0].1.rows[0], vec![smelt::value::Value::Int(5), smelt::value::Value::str("full")]);
+    assert_eq!(o.reports[0].1.rows[0], vec![smelt::value::Value::str("full"), smelt::value::Value::Int(5)]);
     let e = run_err(&f, &RunOptions { overrides: vec![("n".into(), "many".into())], ..t.opts() });
     assert!(e.contains("smelt::check::set_type"), "{e}");
     let e = run_err(&f, &RunOptions { overrides: vec![("profil".into(), "x".into())], ..t.opts() });

@@ -182,6 +182,33 @@ fn tight(p: &Pair<'_, Rule>) -> (usize, usize) {
     (edge(p, false), edge(p, true))
 }
 
+/// Skip precedence levels that hold a single operand (`expr` → `or_expr` → … → `postfix` →
+/// the primary), iteratively, so that each level of nesting costs few stack frames.
+fn skip_levels(mut p: Pair<'_, Rule>) -> Pair<'_, Rule> {
+    loop {
+        let mut inner = p.clone().into_inner();
+        let (Some(first), None) = (inner.next(), inner.next()) else {
+            return p;
+        };
+        let single = match p.as_rule() {
+            Rule::expr
+            | Rule::or_expr
+            | Rule::and_expr
+            | Rule::not_expr
+            | Rule::cmp_expr
+            | Rule::add_expr
+            | Rule::mul_expr
+            | Rule::unary
+            | Rule::postfix => true,
+            _ => false,
+        };
+        if !single {
+            return p;
+        }
+        p = first;
+    }
+}
+
 /// The next child of a rule whose shape the grammar guarantees.
 fn take<'i>(c: &mut impl Iterator<Item = Pair<'i, Rule>>) -> Pair<'i, Rule> {
     c.next().expect("grammar: rule shape")
@@ -457,6 +484,7 @@ impl Cx<'_> {
     /// Convert an expression rule, counting one level of nesting for each node with children
     /// (binary and postfix chains count themselves in [`Cx::binary`] and [`Cx::postfix`]).
     fn expr(&self, p: Pair<'_, Rule>) -> PResult<Expr> {
+        let p = skip_levels(p);
         let adds_node = match p.as_rule() {
             Rule::not_expr | Rule::unary => {
                 matches!(
@@ -464,7 +492,7 @@ impl Cx<'_> {
                     Some(Rule::op_not | Rule::neg)
                 )
             }
-            Rule::list | Rule::record | Rule::op_call | Rule::call => true,
+            Rule::list | Rule::record | Rule::op_call | Rule::call | Rule::paren => true,
             _ => false,
         };
         if adds_node {
@@ -1542,6 +1570,23 @@ mod tests {
         assert_eq!(e(&ok).kind, ExprKind::Int(1));
         let ok = format!("let x = {}1{}", "[".repeat(50), "]".repeat(50));
         assert_eq!(m(&ok).len(), 1);
+        // Just below the limit, every kind of nesting still fits a test thread's 2 MiB stack.
+        let n = MAX_DEPTH - 2;
+        let below = [
+            format!("{}1{}", "(".repeat(n), ")".repeat(n)),
+            format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+            format!("{}1{}", "{a: ".repeat(n), "}".repeat(n)),
+            format!("{}1", "-".repeat(n)),
+            format!("{}x", "not ".repeat(n)),
+            format!("1{}", " + 1".repeat(n)),
+            format!("{}1{}", "f(".repeat(n), ")".repeat(n)),
+            format!("{}1{}", "m f(".repeat(n), ")".repeat(n)),
+            format!("{}1{}", "(- [f(".repeat(n / 4), ")])".repeat(n / 4)),
+            format!("{}x{}", "[y for y in ".repeat(n / 2), "]".repeat(n / 2)),
+        ];
+        for src in below {
+            parse_expr(F, &src).unwrap_or_else(|d| panic!("{}: {}", &src[..20], d.message));
+        }
         for n in [300, 1_000, 100_000] {
             let cases = [
                 format!("{}1{}", "(".repeat(n), ")".repeat(n)),
@@ -1554,7 +1599,6 @@ mod tests {
                 format!("[x for {}x{} in xs]", "(".repeat(n), ")".repeat(n)),
             ];
             for src in cases {
-                eprintln!("case {n} {}", &src[..20]);
                 let d = parse_expr(F, &src).expect_err(&src[..20]);
                 assert!(
                     d.message.contains("nested too deeply"),
