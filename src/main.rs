@@ -7,7 +7,7 @@ use smelt::diag::{render_all, Diagnostic};
 use smelt::eval::Mode;
 use smelt::run::{default_store, RunOptions};
 use smelt::session::Session;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,6 +78,16 @@ enum CacheCmd {
     Why { key: String },
 }
 
+/// Print to stdout, ignoring a closed pipe (`smelt cache ls | head`).
+fn say(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Print to stderr, ignoring a closed pipe.
+fn esay(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
     sets.iter()
         .map(|s| {
@@ -109,7 +119,7 @@ fn main() -> ExitCode {
                 Err(diags) => fail(&session, &diags),
                 Ok(outcome) => {
                     for (name, table) in &outcome.reports {
-                        println!("## {name}\n\n{}", table.to_markdown());
+                        say(&format!("## {name}\n\n{}\n", table.to_markdown()));
                     }
                     eprintln!(
                         "{} nodes: {} ran, {} cached; record in {}",
@@ -128,15 +138,15 @@ fn main() -> ExitCode {
         }
         Cmd::Check { file, set } => dry(&mut session, &file, &set, Mode::Check, &store, color),
         Cmd::Plan { file, set } => dry(&mut session, &file, &set, Mode::Plan, &store, color),
-        Cmd::Repl { file } => { let _ = file; ExitCode::from(2) } // REPL-TODO
+        Cmd::Repl { file } => ExitCode::from(smelt::repl::terminal::run_terminal(&store, file.as_deref()) as u8),
         Cmd::Doc { op } => match op {
             None => {
-                print!("{}", smelt::doc::reference(&session.reg));
+                say(&smelt::doc::reference(&session.reg));
                 ExitCode::SUCCESS
             }
             Some(name) => match smelt::doc::find(&session.reg, &name) {
                 Some(sig) => {
-                    print!("{}", smelt::doc::render_op(sig));
+                    say(&smelt::doc::render_op(sig));
                     ExitCode::SUCCESS
                 }
                 None => {
@@ -158,14 +168,14 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
     let overrides = match parse_sets(set) {
         Ok(o) => o,
         Err(d) => {
-            eprintln!("{}", render_all(&[d], &session.sources, color, 100));
+            esay(&(format!("{}", render_all(&[d], &session.sources, color, 100)) + "\n"));
             return ExitCode::from(1);
         }
     };
     let program = match session.load(file, &overrides) {
         Ok(p) => p,
         Err(diags) => {
-            eprintln!("{}", render_all(&diags, &session.sources, color, 100));
+            esay(&(format!("{}", render_all(&diags, &session.sources, color, 100)) + "\n"));
             return ExitCode::from(1);
         }
     };
@@ -177,9 +187,11 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
     let settings = session.settings(&program);
     let (ev, res) = session.evaluate(&program, mode, store.as_ref(), &mut fp, settings, None);
     if let Err(d) = res {
-        eprintln!("{}", render_all(&[d], &session.sources, color, 100));
+        esay(&(format!("{}", render_all(&[d], &session.sources, color, 100)) + "\n"));
         return ExitCode::from(1);
     }
+    let mut ev = ev;
+    ev.mark_stored();
     let nodes = ev.graph.clone();
     drop(ev);
     let _ = fp.save();
@@ -190,14 +202,14 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
                 let line = f.text[..(span.lo as usize).min(f.text.len())].matches('\n').count() + 1;
                 format!("{}:{line}", f.name)
             };
-            print!("{}", smelt::plan::render(&nodes, &line_of));
+            say(&smelt::plan::render(&nodes, &line_of));
         }
-        _ => println!(
-            "ok: {} checked ({} operator calls, inputs resolved from headers) in {:.3}s",
+        _ => say(&format!(
+            "ok: {} checked ({} operator calls, inputs resolved from headers) in {:.3}s\n",
             file.display(),
             nodes.len(),
             start.elapsed().as_secs_f64()
-        ),
+        )),
     }
     ExitCode::SUCCESS
 }
@@ -206,7 +218,7 @@ fn cache(cmd: CacheCmd, store_dir: &std::path::Path) -> ExitCode {
     let store = match smelt::cache::Store::open(store_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            esay(&(format!("error: {}", e.message) + "\n"));
             return ExitCode::from(1);
         }
     };
@@ -214,15 +226,15 @@ fn cache(cmd: CacheCmd, store_dir: &std::path::Path) -> ExitCode {
         CacheCmd::Ls => {
             for m in store.list() {
                 let size = smelt::cache::dir_size(&store.object_dir(&smelt::cache::Key::from_hex(&m.key).expect("listed key")));
-                println!("{}  {:<24} {:>10}  {:.2}s  {}", &m.key[..10], m.op, smelt::plan::human_bytes(size), m.seconds, m.params);
+                say(&(format!("{}  {:<24} {:>10}  {:.2}s  {}", &m.key[..10], m.op, smelt::plan::human_bytes(size), m.seconds, m.params) + "\n"));
             }
         }
         CacheCmd::Why { key } => {
             let found = store.list().into_iter().find(|m| m.key.starts_with(&key));
             match found {
-                Some(m) => println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default()),
+                Some(m) => say(&(serde_json::to_string_pretty(&m).unwrap_or_default() + "\n")),
                 None => {
-                    eprintln!("error: no object with key prefix `{key}`");
+                    esay(&(format!("error: no object with key prefix `{key}`") + "\n"));
                     return ExitCode::from(1);
                 }
             }
@@ -230,9 +242,9 @@ fn cache(cmd: CacheCmd, store_dir: &std::path::Path) -> ExitCode {
         CacheCmd::Gc { runs, all } => {
             let keep = if all { Default::default() } else { smelt::run::live_keys(&runs) };
             match store.gc(&keep) {
-                Ok((n, bytes)) => println!("removed {n} objects, freed {}", smelt::plan::human_bytes(bytes)),
+                Ok((n, bytes)) => say(&format!("removed {n} objects, freed {}\n", smelt::plan::human_bytes(bytes))),
                 Err(e) => {
-                    eprintln!("error: {}", e.message);
+                    esay(&(format!("error: {}", e.message) + "\n"));
                     return ExitCode::from(1);
                 }
             }

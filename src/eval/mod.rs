@@ -144,6 +144,17 @@ impl<'a> Evaluator<'a> {
         self.graph.iter().filter(|n| n.status == Status::Cached).count()
     }
 
+    /// Mark nodes that were never forced but whose results are in the store (for `smelt plan`).
+    pub fn mark_stored(&mut self) {
+        if let Some(store) = self.store {
+            for n in self.graph.iter_mut() {
+                if n.status == Status::Pending && store.contains(&n.key) {
+                    n.status = Status::Cached;
+                }
+            }
+        }
+    }
+
     /// Realise every node not yet realised (end of `smelt run`).
     pub fn realise_all(&mut self) -> Result<(), Diagnostic> {
         for id in 0..self.graph.len() {

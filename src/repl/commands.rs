@@ -91,6 +91,19 @@ impl Repl {
 
     /// `:help merge.linear`, `:help merge linear`, `:help len`, `:help merge`, `:help my_def`.
     fn help(&self, arg: &str) -> ReplOutput {
+        if let Some(c) = arg.strip_prefix(':') {
+            if let Some((name, alias, a, what)) = COMMANDS
+                .iter()
+                .find(|x| x.0 == c || (!x.1.is_empty() && x.1 == c))
+            {
+                let alias = if alias.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (or :{alias})")
+                };
+                return ReplOutput::ok(format!(":{name} {a}{alias}\n  {what}"));
+            }
+        }
         let words: Vec<&str> = arg.split_whitespace().collect();
         let id = words.join(".");
         let reg = &self.session.reg;
@@ -290,9 +303,9 @@ pub(super) fn op_help(s: &Signature, width: usize) -> String {
     if !s.params.is_empty() {
         out.push(String::new());
         out.push("parameters:".into());
-        let width = s.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        let name_w = s.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
         for p in s.params {
-            let mut line = format!("  {:width$} : {}", p.name, p.ty);
+            let mut line = format!("  {:name_w$} : {}", p.name, p.ty);
             if let Some(d) = &p.default {
                 line += &format!(" = {}", d.render());
             }

@@ -155,11 +155,13 @@ impl Repl {
             Ok(p) => p,
             Err(diags) => return self.errors(&diags),
         };
-        let file_settings = self.session.settings(&program);
+        // The file's `config {}` keys are adopted for the rest of the session.
         let before = self.settings.clone();
-        self.settings.seed = file_settings.seed;
-        self.settings.dtype = file_settings.dtype;
-        if let Err(d) = self.set_device(&file_settings.device_name) {
+        if let Some(d) = program
+            .modules
+            .iter()
+            .find_map(|m| self.apply_config(m).err())
+        {
             self.settings = before;
             return self.errors(&[d]);
         }

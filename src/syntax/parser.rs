@@ -14,6 +14,9 @@
 //! readable text, operators that could merely continue an expression dropped from the list) and
 //! adds cheap hints for common mistakes (unterminated strings, reserved words used as names,
 //! chained comparisons, unclosed brackets, dangling operators).
+//!
+//! Nesting is limited to [`MAX_DEPTH`] levels so that pathological input (`((((…` ten thousand
+//! deep) gives a diagnostic instead of overflowing the stack here or in later recursive passes.
 
 // `Diagnostic` is large, but it is the crate-wide error type and the signatures are fixed.
 #![allow(clippy::result_large_err)]
@@ -49,11 +52,7 @@ pub enum Line {
 /// Parse a whole `.exp` file (statements only; a bare expression is a syntax error).
 pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
     let root = run(Rule::file, file, src)?;
-    let cx = Cx {
-        file,
-        src,
-        depth: Cell::new(0),
-    };
+    let cx = Cx::new(file, src);
     let stmts = root
         .into_inner()
         .filter(|p| p.as_rule() == Rule::stmt)
@@ -65,11 +64,7 @@ pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
 /// Parse exactly one expression (e.g. the value of `--set name=value`).
 pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
     let root = run(Rule::expr_only, file, src)?;
-    let cx = Cx {
-        file,
-        src,
-        depth: Cell::new(0),
-    };
+    let cx = Cx::new(file, src);
     let e = root
         .into_inner()
         .find(|p| p.as_rule() == Rule::expr)
@@ -81,11 +76,7 @@ pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
 /// An empty (or comment-only) line is `Line::Stmts(vec![])`.
 pub fn parse_line(file: FileId, src: &str) -> Result<Line, Diagnostic> {
     let root = run(Rule::repl_line, file, src)?;
-    let cx = Cx {
-        file,
-        src,
-        depth: Cell::new(0),
-    };
+    let cx = Cx::new(file, src);
     let mut stmts = Vec::new();
     for p in root.into_inner() {
         match p.as_rule() {
@@ -216,7 +207,7 @@ fn take<'i>(c: &mut impl Iterator<Item = Pair<'i, Rule>>) -> Pair<'i, Rule> {
 
 /// The deepest nesting of expressions (and of types and patterns) a program may use. Deeper
 /// trees would overflow the stack here or in later recursive passes (checker, evaluator, drop).
-const MAX_DEPTH: usize = 200;
+const MAX_DEPTH: usize = 100;
 
 struct Cx<'s> {
     file: FileId,
@@ -225,7 +216,15 @@ struct Cx<'s> {
     depth: Cell<usize>,
 }
 
-impl Cx<'_> {
+impl<'s> Cx<'s> {
+    fn new(file: FileId, src: &'s str) -> Cx<'s> {
+        Cx {
+            file,
+            src,
+            depth: Cell::new(0),
+        }
+    }
+
     fn span(&self, p: &Pair<'_, Rule>) -> Span {
         let (lo, hi) = tight(p);
         Span::new(self.file, lo, hi)
@@ -886,6 +885,13 @@ fn join_or(items: &[&str]) -> String {
     }
 }
 
+/// Whether `s` is one identifier (and not a reserved word).
+fn is_name(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !RESERVED.contains(&s)
+}
+
 /// The byte range of the token starting at `pos` (a word, a number, a one- or two-character
 /// operator), or `None` at the end of the text.
 fn token_at(src: &str, pos: usize) -> Option<(usize, usize)> {
@@ -1097,6 +1103,12 @@ fn syntax_error(file: FileId, src: &str, e: pest::error::Error<Rule>) -> Diagnos
     ];
     let help = if token_text == "=" && expects("`:`") {
         Some("record and config fields are written `name: value`".to_string())
+    } else if token_text == "=" && is_name(src[..pos].trim()) {
+        // A REPL line `x = 1`.
+        Some(format!(
+            "to define a name, write `let {} = …`",
+            src[..pos].trim()
+        ))
     } else if token_text == "=" && has(Rule::add_op) {
         Some("to compare two values use `==`".to_string())
     } else if names == ["`=`"] {
@@ -1559,6 +1571,15 @@ mod tests {
         ));
         assert_eq!(parse_line(F, "  # nothing").unwrap(), Line::Stmts(vec![]));
         assert!(parse_line(F, "let x = 1 x").is_err());
+        let d = parse_line(F, "x = 1").unwrap_err();
+        assert_eq!(d.message, "unexpected `=`");
+        assert_eq!(
+            d.help.as_deref(),
+            Some("to define a name, write `let x = …`")
+        );
+        let d = parse_line(F, "x == 1 2").unwrap_err();
+        assert_eq!(d.message, "unexpected `2`");
+        assert_eq!(d.span, Some(Span::new(F, 7, 8)));
         // Files reject bare expressions.
         assert!(parse(F, "x + 1").is_err());
         assert_eq!(parse(F, "").unwrap(), Module { stmts: vec![] });

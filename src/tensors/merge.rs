@@ -136,7 +136,9 @@ pub fn merge_streaming(
         ..WriterOptions::default()
     };
     let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
+    eprintln!("setup {:?}", start.elapsed());
     let bytes_read = stream_tensors(inputs, &mut writer, combine)?;
+    eprintln!("loop {:?}", start.elapsed());
     let mut bytes_written = writer.finish()?.bytes;
 
     if let Some(config) = first.config() {
@@ -156,7 +158,9 @@ pub fn merge_streaming(
         let dst = tmp.path.join(name);
         bytes_written += std::fs::copy(src, &dst).map_err(|e| io_err(&dst, e))?;
     }
+    eprintln!("side {:?}", start.elapsed());
     commit(tmp, out_dir)?;
+    eprintln!("commit {:?}", start.elapsed());
     Ok(MergeStats {
         tensors: specs.len(),
         bytes_read,

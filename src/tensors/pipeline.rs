@@ -65,9 +65,15 @@ pub(crate) fn stream_tensors(
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
         scope.spawn(move || {
             let mut since = Instant::now();
+            let mut busy = Duration::ZERO;
+            struct P(*const Duration);
+            impl Drop for P { fn drop(&mut self) { eprintln!("helper busy {:?}", unsafe { *self.0 }); } }
+            let _p = P(&busy);
             while let Ok(mut job) = job_rx.recv() {
                 let idle = since.elapsed();
+                let t0 = Instant::now();
                 let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
+                busy += t0.elapsed();
                 if done_tx
                     .send(Decoded {
                         bufs: job.bufs,
@@ -82,6 +88,10 @@ pub(crate) fn stream_tensors(
             }
         });
         let mut pool: Vec<Vec<f32>> = Vec::new();
+        let mut tm = [Duration::ZERO; 4]; let mut rs = vec![];
+        struct Q(*const [Duration; 4], *const Vec<usize>);
+        impl Drop for Q { fn drop(&mut self) { eprintln!("main own-decode/wait/combine/write {:?} r={:?}", unsafe { *self.0 }, unsafe { &*self.1 }); } }
+        let _q = Q(&tm, &rs);
         let (mut r, mut next) = (n, 0usize);
         let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| {
             if let Some(name) = floats.get(next) {
@@ -102,13 +112,16 @@ pub(crate) fn stream_tensors(
                 writer.write_raw(name, raw)?;
                 continue;
             }
+            let t0 = Instant::now();
             let mut own = take(&mut pool, n - r_sent);
             read_inputs(&inputs[r_sent..], name, &mut own)?;
+            tm[0] += t0.elapsed();
             let waited = Instant::now();
             let done = done_rx
                 .recv()
                 .map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
             let waited = waited.elapsed();
+            tm[1] += waited; rs.push(r_sent);
             done.result?;
             // Shift inputs towards whichever side waited less (±1 per tensor, ignoring jitter).
             if waited > done.idle + Duration::from_micros(50) && r > 1 {
@@ -123,9 +136,14 @@ pub(crate) fn stream_tensors(
                 .iter()
                 .map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64))
                 .sum::<u64>();
+            let t2 = Instant::now();
             let merged = combine(name, &bufs)
                 .map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
+            tm[2] += t2.elapsed();
+            let t3 = Instant::now();
             writer.write_f32(name, &merged)?;
+            drop(merged);
+            tm[3] += t3.elapsed();
             pool.append(&mut bufs);
             r_sent = r;
         }
