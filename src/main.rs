@@ -1,6 +1,7 @@
 //! The `smelt` command line: run, check, plan, repl, doc, cache.
 //!
 //! Only argument parsing and printing live here; everything else is in the library.
+#![allow(clippy::result_large_err)]
 
 use clap::{Parser, Subcommand};
 use smelt::diag::{render_all, Diagnostic};
@@ -168,14 +169,14 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
     let overrides = match parse_sets(set) {
         Ok(o) => o,
         Err(d) => {
-            esay(&(format!("{}", render_all(&[d], &session.sources, color, 100)) + "\n"));
+            esay(&(render_all(&[d], &session.sources, color, 100) + "\n"));
             return ExitCode::from(1);
         }
     };
     let program = match session.load(file, &overrides) {
         Ok(p) => p,
         Err(diags) => {
-            esay(&(format!("{}", render_all(&diags, &session.sources, color, 100)) + "\n"));
+            esay(&(render_all(&diags, &session.sources, color, 100) + "\n"));
             return ExitCode::from(1);
         }
     };
@@ -187,7 +188,7 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
     let settings = session.settings(&program);
     let (ev, res) = session.evaluate(&program, mode, store.as_ref(), &mut fp, settings, None);
     if let Err(d) = res {
-        esay(&(format!("{}", render_all(&[d], &session.sources, color, 100)) + "\n"));
+        esay(&(render_all(&[d], &session.sources, color, 100) + "\n"));
         return ExitCode::from(1);
     }
     let mut ev = ev;

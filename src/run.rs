@@ -68,7 +68,7 @@ pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> R
     let mut fp = Fingerprinter::open(&store.fingerprint_file());
     let run_dir = opts.out.join(&program.name).join(timestamp());
     let progress = opts.progress;
-    let on_node: Option<Box<dyn FnMut(&Node, usize, usize)>> = if progress {
+    let on_node: Option<crate::eval::OnNode> = if progress {
         Some(Box::new(|n: &Node, done, total| {
             let status = match &n.status {
                 Status::Cached => "cached".to_string(),

@@ -156,7 +156,7 @@ impl Session {
         let whole = Span::new(file, 0, raw.len());
         // A bare word (or anything that does not parse) is taken as a string.
         let expr = match parsed {
-            Some(Expr { kind: ExprKind::Name(n), .. }) if probe.globals.get(&n.name).is_none() => {
+            Some(Expr { kind: ExprKind::Name(n), .. }) if !probe.globals.contains_key(&n.name) => {
                 Expr { kind: ExprKind::Str(raw.to_string()), span: whole }
             }
             Some(e) => e,
@@ -244,7 +244,7 @@ impl Session {
         store: Option<&'a Store>,
         fingerprints: &'a mut Fingerprinter,
         settings: Settings,
-        on_node: Option<Box<dyn FnMut(&crate::eval::Node, usize, usize) + 'a>>,
+        on_node: Option<crate::eval::OnNode<'a>>,
     ) -> (Evaluator<'a>, Result<(), Diagnostic>) {
         let mut ev = Evaluator::new(&self.reg, store, fingerprints, mode, settings);
         ev.on_node = on_node;

@@ -154,7 +154,7 @@ save p to "{p}"
     let orig = ModelDir::open(MODEL).unwrap();
     for name in ["one", "avg_self", "ta0"] {
         let d = ModelDir::open(t.path(name)).unwrap();
-        for (tensor, _) in orig.tensors() {
+        for tensor in orig.tensors().keys() {
             let (a, b) = (orig.read_raw(tensor).unwrap(), d.read_raw(tensor).unwrap());
             assert_eq!(d.info(tensor).unwrap().dtype, orig.info(tensor).unwrap().dtype, "{name}: {tensor} dtype");
             let first_diff = a.iter().zip(b).position(|(x, y)| x != y);
@@ -163,7 +163,7 @@ save p to "{p}"
     }
     let p = ModelDir::open(t.path("p")).unwrap();
     let avg = ModelDir::open(t.path("avg")).unwrap();
-    for (tensor, _) in orig.tensors() {
+    for tensor in orig.tensors().keys() {
         let (x, y, z) = (orig.read_f32(tensor).unwrap(), p.read_f32(tensor).unwrap(), avg.read_f32(tensor).unwrap());
         let bad = (0..x.len()).find(|&i| z[i] != (x[i] + y[i]) * 0.5);
         assert!(bad.is_none(), "{tensor}: average differs at {bad:?}");
@@ -329,4 +329,26 @@ fn data_driven_runs() {
 fn operator_reference_is_current() {
     let reg = smelt::ops::builtin_registry();
     insta::assert_snapshot!(smelt::doc::reference(&reg));
+}
+
+/// Editing comments (and `##` docs) of an imported library of `def`s changes no key.
+#[test]
+fn library_comment_edits_do_not_change_keys() {
+    let t = Scratch::new();
+    let main = format!("import \"lib.exp\"\nlet m = load model(\"{}\")\nlet x = blend(m, 0.25)\n", std::fs::canonicalize(MODEL).unwrap().display());
+    let keys = |lib: &str| {
+        t.write("lib.exp", lib);
+        let f = t.write("main.exp", &main);
+        let mut s = Session::new();
+        let p = s.load(&f, &[]).map_err(|d| render_all(&d, &s.sources, false, 80)).unwrap();
+        let mut fp = smelt::cache::Fingerprinter::in_memory();
+        let settings = s.settings(&p);
+        let (ev, res) = s.evaluate(&p, Mode::Plan, None, &mut fp, settings, None);
+        res.unwrap();
+        ev.graph.iter().map(|n| n.key.hex()).collect::<Vec<_>>()
+    };
+    let a = keys("## Mix a model with a noisy copy.\ndef blend(m, w) = merge linear([m, model perturb(m)], [1.0 - w, w])\n");
+    let b = keys("# a new comment\n## Mix a model with a\n## noisy copy (reworded).\ndef blend(model, weight) =\n  merge linear([model, model perturb(model)], [1.0 - weight, weight])  # renamed params\n");
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, b);
 }

@@ -96,6 +96,9 @@ pub enum ExpectOutcome {
     Unknown,
 }
 
+/// Called after each node finishes: (node, nodes finished, nodes known).
+pub type OnNode<'a> = Box<dyn FnMut(&Node, usize, usize) + 'a>;
+
 pub struct Evaluator<'a> {
     pub reg: &'a Registry,
     pub store: Option<&'a Store>,
@@ -110,7 +113,7 @@ pub struct Evaluator<'a> {
     scopes: Vec<HashMap<String, Value>>,
     pub outputs: Vec<Output>,
     /// Called after each node finishes (progress display).
-    pub on_node: Option<Box<dyn FnMut(&Node, usize, usize) + 'a>>,
+    pub on_node: Option<OnNode<'a>>,
     /// Cheap-op results in check/plan mode live in this scratch directory.
     scratch: Option<tempfile::TempDir>,
 }

@@ -5,8 +5,23 @@
 //! tensors are usually `Var`s; the forward then adds `scale · (x Aᵀ) Bᵀ` to the frozen output,
 //! never materialising `B·A`. `merged_weight` folds the delta into `W` for export or fast
 //! inference; the invariants (B = 0 ⇒ base output; merged ≡ unmerged) are tested below.
+//!
+//! Two optional hooks serve the PEFT modules in `nn::peft`: `lora_input` transforms `x` on the
+//! LoRA path only (PEFT's `lora_dropout`: `y = xWᵀ + b + s·(drop(x) Aᵀ) Bᵀ`), and `output`
+//! maps the whole output `y ↦ h(y)` (Houlsby bottleneck adapters after a sublayer's projection).
 
 use candle_core::{Result, Tensor};
+use std::sync::Arc;
+
+/// A tensor transform installed on a [`Linear`] by PEFT code (dropout, adapters).
+#[derive(Clone)]
+pub struct LinearHook(pub Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>);
+
+impl std::fmt::Debug for LinearHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinearHook")
+    }
+}
 
 /// A low-rank update `ΔW = scale · B · A`.
 #[derive(Debug, Clone)]
@@ -58,6 +73,10 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// Optional trainable low-rank delta.
     pub lora: Option<LoraDelta>,
+    /// Applied to `x` before the LoRA delta only (e.g. LoRA dropout in training).
+    pub lora_input: Option<LinearHook>,
+    /// Applied to the full output `[N, out]` (e.g. a bottleneck adapter with its residual).
+    pub output: Option<LinearHook>,
 }
 
 impl Linear {
@@ -66,6 +85,8 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            lora_input: None,
+            output: None,
         }
     }
 
@@ -87,7 +108,7 @@ impl Linear {
         self.lora.take()
     }
 
-    /// Output of the frozen layer only (LoRA ignored).
+    /// Output of the frozen layer only (LoRA and hooks ignored).
     pub fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let (x2, lead) = flatten(x)?;
         let y = self.base_2d(&x2)?;
@@ -99,7 +120,13 @@ impl Linear {
         let (x2, lead) = flatten(x)?;
         let mut y = self.base_2d(&x2)?;
         if let Some(l) = &self.lora {
-            y = (y + l.forward_2d(&x2)?)?;
+            y = match &self.lora_input {
+                Some(h) => (y + l.forward_2d(&(h.0)(&x2)?)?)?,
+                None => (y + l.forward_2d(&x2)?)?,
+            };
+        }
+        if let Some(h) = &self.output {
+            y = (h.0)(&y)?;
         }
         unflatten(y, &lead)
     }
@@ -126,12 +153,12 @@ impl Linear {
         }
     }
 
-    /// A copy with the delta folded into a new frozen weight (detached from autograd).
+    /// A copy with the delta folded into a new frozen weight (detached from autograd); the
+    /// `output` hook is kept, the LoRA input hook goes with the delta.
     pub fn merged(&self) -> Result<Linear> {
-        Ok(Linear::new(
-            self.merged_weight()?.detach(),
-            self.bias.clone(),
-        ))
+        let mut m = Linear::new(self.merged_weight()?.detach(), self.bias.clone());
+        m.output = self.output.clone();
+        Ok(m)
     }
 }
 

@@ -181,18 +181,18 @@ fn skip_levels(mut p: Pair<'_, Rule>) -> Pair<'_, Rule> {
         let (Some(first), None) = (inner.next(), inner.next()) else {
             return p;
         };
-        let single = match p.as_rule() {
+        let single = matches!(
+            p.as_rule(),
             Rule::expr
-            | Rule::or_expr
-            | Rule::and_expr
-            | Rule::not_expr
-            | Rule::cmp_expr
-            | Rule::add_expr
-            | Rule::mul_expr
-            | Rule::unary
-            | Rule::postfix => true,
-            _ => false,
-        };
+                | Rule::or_expr
+                | Rule::and_expr
+                | Rule::not_expr
+                | Rule::cmp_expr
+                | Rule::add_expr
+                | Rule::mul_expr
+                | Rule::unary
+                | Rule::postfix
+        );
         if !single {
             return p;
         }

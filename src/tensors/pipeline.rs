@@ -31,21 +31,53 @@ struct Job<'a> {
 
 struct Decoded {
     bufs: Vec<Vec<f32>>,
-    /// How long the helper sat idle before this job arrived.
-    idle: Duration,
+    busy: Duration,
     result: Result<(), OpError>,
 }
 
-fn take(pool: &mut Vec<Vec<f32>>, k: usize) -> Vec<Vec<f32>> {
-    (0..k).map(|_| pool.pop().unwrap_or_default()).collect()
+/// Take `k` buffers for a tensor of `numel` values, best fit first: reusing a buffer that is
+/// already big enough avoids growing (and page-faulting) a fresh one, which dominates otherwise.
+fn take(pool: &mut Vec<Vec<f32>>, k: usize, numel: usize) -> Vec<Vec<f32>> {
+    (0..k)
+        .map(|_| {
+            let fit = (0..pool.len())
+                .filter(|&i| pool[i].capacity() >= numel)
+                .min_by_key(|&i| pool[i].capacity());
+            let pick = fit.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+            pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Running cost estimates that decide how many inputs the helper decodes.
+#[derive(Default)]
+struct Balance {
+    decode: Duration,
+    decoded_bytes: u64,
+    main: Duration,
+    main_bytes: u64,
+}
+
+impl Balance {
+    /// Inputs for the helper: with per-byte decode cost `d` and combine+write cost `c` (per byte
+    /// of one input), the helper's `r·d` equals the caller's `c + (n - r)·d` at `r = (c/d + n)/2`.
+    fn helper_share(&self, n: usize) -> usize {
+        if self.decoded_bytes == 0 || self.main_bytes == 0 || self.decode.is_zero() {
+            return n;
+        }
+        let d = self.decode.as_secs_f64() / self.decoded_bytes as f64;
+        let c = self.main.as_secs_f64() / self.main_bytes as f64;
+        let r = ((c / d + n as f64) / 2.0).round();
+        (r as usize).clamp(1, n)
+    }
 }
 
 /// Read, combine and write every tensor in name order; returns the tensor bytes read.
 ///
 /// Two cores, two threads: a scoped helper decodes the first `r` inputs of tensor k+1 while
 /// this thread combines and writes tensor k and then decodes the remaining `n - r` inputs of
-/// k+1 itself. `r` adapts so that neither side waits for the other. Buffers are recycled through
-/// a pool, so at most two tensors' worth of inputs (plus one combined result) are alive.
+/// k+1 itself; `r` follows measured costs (see [`Balance`]). Buffers are recycled through a
+/// pool, so at most two tensors' worth of inputs (plus one combined result) are alive.
 pub(crate) fn stream_tensors(
     inputs: &[&ModelDir],
     writer: &mut SafetensorsWriter,
@@ -53,58 +85,48 @@ pub(crate) fn stream_tensors(
 ) -> Result<u64, OpError> {
     let n = inputs.len();
     let first = inputs[0];
-    let floats: Vec<&str> = first
+    let floats: Vec<(&str, usize)> = first
         .tensors()
         .iter()
         .filter(|(_, (_, t))| t.dtype.is_float())
-        .map(|(k, _)| k.as_str())
+        .map(|(k, (_, t))| (k.as_str(), t.numel()))
         .collect();
     let mut bytes_read = 0u64;
     std::thread::scope(|scope| -> Result<u64, OpError> {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
         scope.spawn(move || {
-            let mut since = Instant::now();
-            let mut busy = Duration::ZERO;
-            struct P(*const Duration);
-            impl Drop for P { fn drop(&mut self) { eprintln!("helper busy {:?}", unsafe { *self.0 }); } }
-            let _p = P(&busy);
             while let Ok(mut job) = job_rx.recv() {
-                let idle = since.elapsed();
-                let t0 = Instant::now();
+                let start = Instant::now();
                 let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
-                busy += t0.elapsed();
+                let busy = start.elapsed();
                 if done_tx
                     .send(Decoded {
                         bufs: job.bufs,
-                        idle,
+                        busy,
                         result,
                     })
                     .is_err()
                 {
                     return;
                 }
-                since = Instant::now();
             }
         });
         let mut pool: Vec<Vec<f32>> = Vec::new();
-        let mut tm = [Duration::ZERO; 4]; let mut rs = vec![];
-        struct Q(*const [Duration; 4], *const Vec<usize>);
-        impl Drop for Q { fn drop(&mut self) { eprintln!("main own-decode/wait/combine/write {:?} r={:?}", unsafe { *self.0 }, unsafe { &*self.1 }); } }
-        let _q = Q(&tm, &rs);
-        let (mut r, mut next) = (n, 0usize);
-        let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| {
-            if let Some(name) = floats.get(next) {
+        let mut balance = Balance::default();
+        let mut next = 0usize;
+        let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| -> usize {
+            if let Some(&(name, numel)) = floats.get(next) {
                 let _ = job_tx.send(Job {
                     name,
                     r,
-                    bufs: take(pool, r),
+                    bufs: take(pool, r, numel),
                 });
                 next += 1;
             }
+            r
         };
-        send(&mut pool, r);
-        let mut r_sent = r;
+        let mut r = send(&mut pool, n);
         for (name, (_, info)) in first.tensors() {
             if !info.dtype.is_float() {
                 let raw = first.read_raw(name)?;
@@ -112,40 +134,34 @@ pub(crate) fn stream_tensors(
                 writer.write_raw(name, raw)?;
                 continue;
             }
-            let t0 = Instant::now();
-            let mut own = take(&mut pool, n - r_sent);
-            read_inputs(&inputs[r_sent..], name, &mut own)?;
-            tm[0] += t0.elapsed();
-            let waited = Instant::now();
+            let bytes = info.byte_len() as u64;
+            let start = Instant::now();
+            let mut own = take(&mut pool, n - r, info.numel());
+            read_inputs(&inputs[r..], name, &mut own)?;
+            balance.decode += start.elapsed();
+            balance.decoded_bytes += bytes * (n - r) as u64;
             let done = done_rx
                 .recv()
                 .map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
-            let waited = waited.elapsed();
-            tm[1] += waited; rs.push(r_sent);
             done.result?;
-            // Shift inputs towards whichever side waited less (±1 per tensor, ignoring jitter).
-            if waited > done.idle + Duration::from_micros(50) && r > 1 {
-                r -= 1;
-            } else if done.idle > waited + Duration::from_micros(50) && r < n {
-                r += 1;
-            }
-            send(&mut pool, r);
+            balance.decode += done.busy;
+            balance.decoded_bytes += bytes * r as u64;
+            let next_r = send(&mut pool, balance.helper_share(n));
             let mut bufs = done.bufs;
             bufs.append(&mut own);
             bytes_read += inputs
                 .iter()
                 .map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64))
                 .sum::<u64>();
-            let t2 = Instant::now();
+            let start = Instant::now();
             let merged = combine(name, &bufs)
                 .map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
-            tm[2] += t2.elapsed();
-            let t3 = Instant::now();
             writer.write_f32(name, &merged)?;
             drop(merged);
-            tm[3] += t3.elapsed();
+            balance.main += start.elapsed();
+            balance.main_bytes += bytes;
             pool.append(&mut bufs);
-            r_sent = r;
+            r = next_r;
         }
         Ok(bytes_read)
     })

@@ -38,7 +38,7 @@ impl Operator for Sum {
     fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
         let list = force(args.get("xs")?)?;
         let items = list.as_list().unwrap_or(&[]);
-        let realised: Vec<Value> = items.iter().map(|x| force(x)).collect::<Result<_, _>>()?;
+        let realised: Vec<Value> = items.iter().map(&mut *force).collect::<Result<_, _>>()?;
         if realised.iter().all(|x| matches!(x, Value::Int(_))) {
             let mut total: i64 = 0;
             for x in &realised {

@@ -83,13 +83,16 @@ pub fn provenance(cx: &OpCtx, op: &str, version: u32, inputs: &[&Arc<Artifact>],
     m
 }
 
+/// Combines one tensor's values from every input into the merged values.
+pub type Combine<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+
 /// Run a streaming merge of `inputs` into the node's output directory and describe the result.
 pub fn stream_to_model(
     cx: &OpCtx,
     inputs: &[ModelDir],
     dtype: Dtype,
     metadata: BTreeMap<String, String>,
-    combine: &mut dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError>,
+    combine: &mut Combine,
 ) -> Result<Value, OpError> {
     let out = cx.out_dir.join("model");
     let refs: Vec<&ModelDir> = inputs.iter().collect();
