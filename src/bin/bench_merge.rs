@@ -160,6 +160,23 @@ fn run() -> Result<(), OpError> {
         t.elapsed().as_secs_f64()
     );
 
+    if std::env::var_os("DECEXP").is_some() {
+        let mut vals = Vec::new();
+        let mut pool: Vec<Vec<f32>> = vec![Vec::new(); 8];
+        for _ in 0..3 {
+            let t = Instant::now();
+            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut vals)?; } }
+            let plain = t.elapsed();
+            let t = Instant::now();
+            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut vals)?; c.evict(name); } }
+            let ev = t.elapsed();
+            let t = Instant::now();
+            for (k, name) in copies[0].tensors().keys().enumerate() { for (i, c) in copies.iter().enumerate() { c.read_f32_into(name, &mut pool[(k % 2) * 4 + i])?; } }
+            let rot = t.elapsed();
+            eprintln!("plain {plain:?} evict {ev:?} rotating-8 {rot:?}");
+        }
+        return Ok(());
+    }
     if std::env::var_os("ONLYMERGE").is_some() {
         let refs: Vec<&ModelDir> = copies.iter().collect();
         let out = scratch.0.join("merged");

@@ -7,22 +7,30 @@
 //!
 //! - [`task`]: [`TaskData`] / [`Example`], the shared JSONL layout (`train.jsonl`, `test.jsonl`,
 //!   `dev.jsonl`, `labels.json`), save/load of a self-contained task directory in the store.
+//! - [`layout`]: locating a task's split files and reading them (labels resolved, pair flag
+//!   checked line by line).
 //! - [`read`]: line-level readers for JSONL and TSV/CSV files with a header.
-//! - [`template`]: the LM-BFF `*cls**sent_0*_It_was*mask*.*sep+*` grammar, verbalizers and
-//!   `{field}` prompts for decoders.
+//! - [`template`]: the LM-BFF `*cls**sent_0*_It_was*mask*.*sep+*` grammar and [`encode`];
+//!   [`verbalizer`]: single-token label words and the LM-BFF prompt table; [`prompt`]:
+//!   `{field}` prompts with answer choices for decoders.
 //! - [`kshot`]: the LM-BFF k-shot sampler, stratified down-sampling and dev splits, each with its
 //!   own explicit ChaCha8 stream.
 //! - [`synthetic`]: small tasks with planted, shared or unrelated label signals.
 
 pub mod kshot;
+pub mod layout;
+pub mod prompt;
 pub mod read;
 pub mod synthetic;
 pub mod task;
 pub mod template;
+pub mod verbalizer;
 
-pub use kshot::{kshot, split_dev, subsample, KShot};
+pub use kshot::{kshot, split_dev, subsample};
+pub use prompt::PromptTemplate;
 pub use task::{Example, ReadOptions, TaskData};
-pub use template::{encode, Encoded, PromptTemplate, Template, Verbalizer};
+pub use template::{encode, Encoded, Template};
+pub use verbalizer::Verbalizer;
 
 /// Error code for unreadable or malformed task files (bad JSON, missing columns).
 pub const BAD_FILE: &str = "smelt::data::bad_file";

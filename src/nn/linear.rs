@@ -132,11 +132,24 @@ impl Linear {
     }
 
     fn base_2d(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        let plain = |x: &Tensor| {
+            let y = x.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
+        };
+        if !(x.track_op() && x.device().is_cpu()) || self.weight.track_op() {
+            return plain(x);
         }
+        // Tracked input, frozen weight: candle's matmul backward would also compute the unused
+        // `∂L/∂W = gᵀx` (as much work as the forward product) and the bias sum; this op keeps
+        // only `∂L/∂x = g·W`.
+        let y = plain(&x.detach())?.contiguous()?;
+        x.apply_op1(FrozenLinear {
+            weight: self.weight.clone(),
+            y,
+        })
     }
 
     /// The frozen layer cast to `dtype` (the LoRA delta, if any, is dropped: re-attach it).
@@ -159,6 +172,40 @@ impl Linear {
         let mut m = Linear::new(self.merged_weight()?.detach(), self.bias.clone());
         m.output = self.output.clone();
         Ok(m)
+    }
+}
+
+/// `x ↦ x Wᵀ + b` for a frozen `W`, `b`: the output is computed outside autograd (`y`), and the
+/// backward returns only the input gradient `g · W`.
+struct FrozenLinear {
+    weight: Tensor,
+    y: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "smelt-frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s: &candle_core::CpuStorage,
+        _l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (storage, layout) = self.y.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("frozen linear: expected a CPU tensor")
+        };
+        match layout.contiguous_offsets() {
+            Some((0, n)) if n == cpu.as_slice::<f32>().map_or(n, |v| v.len()) => {
+                Ok((cpu.clone(), layout.shape().clone()))
+            }
+            _ => candle_core::bail!("frozen linear: expected a compact contiguous output"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 

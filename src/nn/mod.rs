@@ -11,6 +11,7 @@ pub mod heads;
 pub mod linear;
 pub mod llama;
 pub mod ops;
+pub mod peft;
 pub mod tokenizer;
 pub mod weights;
 

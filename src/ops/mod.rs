@@ -11,6 +11,7 @@
 
 pub mod args;
 pub mod ctx;
+pub mod data;
 pub mod helpers;
 pub mod load;
 pub mod measure;
@@ -105,6 +106,14 @@ pub fn builtin_registry() -> Registry {
     r.add(helpers::sum::Sum);
     // Inputs.
     r.add(load::model::LoadModel);
+    r.add(load::task::LoadTask);
+    r.add(load::task::LoadTasks);
+    // Task data.
+    r.add(data::kshot::KShot);
+    r.add(data::subsample::Subsample);
+    r.add(data::split::Split);
+    r.add(data::union::Union);
+    r.add(data::synthetic::Synthetic);
     // Model transformations.
     r.add(model::perturb::Perturb);
     // Merging.

@@ -198,10 +198,12 @@ pub fn mean(values: &[Vec<f32>]) -> Vec<f32> {
     };
     let n = values.iter().map(Vec::len).min().unwrap_or(0);
     let scale = 1.0 / values.len() as f32;
-    let mut out = vec![0.0f32; n];
-    for (b, o) in out.chunks_mut(BLOCK).enumerate() {
-        let (lo, hi) = (b * BLOCK, b * BLOCK + o.len());
-        o.copy_from_slice(&first[lo..hi]);
+    // Filled block by block with `extend_from_slice` (no zero-initialisation pass).
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    for lo in (0..n).step_by(BLOCK) {
+        let hi = (lo + BLOCK).min(n);
+        out.extend_from_slice(&first[lo..hi]);
+        let o = &mut out[lo..hi];
         for v in &values[1..] {
             for (o, x) in o.iter_mut().zip(&v[lo..hi]) {
                 *o += x;

@@ -49,6 +49,25 @@ fn take(pool: &mut Vec<Vec<f32>>, k: usize, numel: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Receive, spinning briefly before blocking: a blocked thread is woken on the waker's core
+/// and would time-share it with the waker for a while, which costs more than the spin.
+fn recv_spinning<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    let start = Instant::now();
+    if std::env::var_os("NOSPIN").is_some() { return rx.recv().ok(); }
+    loop {
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+                Err(std::sync::mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if start.elapsed() > Duration::from_millis(5) {
+            return rx.recv().ok();
+        }
+    }
+}
+
 /// Running cost estimates that decide how many inputs the helper decodes.
 #[derive(Default)]
 struct Balance {
@@ -96,7 +115,7 @@ pub(crate) fn stream_tensors(
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
         scope.spawn(move || {
-            while let Ok(mut job) = job_rx.recv() {
+            while let Some(mut job) = recv_spinning(&job_rx) {
                 let start = Instant::now();
                 let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
                 let busy = start.elapsed();
@@ -113,6 +132,9 @@ pub(crate) fn stream_tensors(
             }
         });
         let mut pool: Vec<Vec<f32>> = Vec::new();
+        let mut wait = Duration::ZERO;
+        let mut rs = vec![];
+        let mut owndec = Duration::ZERO; let mut hbusy = Duration::ZERO; let t_all = Instant::now();
         let mut balance = Balance::default();
         let mut next = 0usize;
         let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| -> usize {
@@ -139,12 +161,16 @@ pub(crate) fn stream_tensors(
             let mut own = take(&mut pool, n - r, info.numel());
             read_inputs(&inputs[r..], name, &mut own)?;
             balance.decode += start.elapsed();
+            owndec += start.elapsed();
             balance.decoded_bytes += bytes * (n - r) as u64;
-            let done = done_rx
-                .recv()
-                .map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
+            let tw = Instant::now();
+            let done = recv_spinning(&done_rx)
+                .ok_or(()).map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
             done.result?;
+            wait += tw.elapsed();
+            rs.push(r);
             balance.decode += done.busy;
+            hbusy += done.busy;
             balance.decoded_bytes += bytes * r as u64;
             let next_r = send(&mut pool, balance.helper_share(n));
             let mut bufs = done.bufs;
@@ -163,6 +189,13 @@ pub(crate) fn stream_tensors(
             pool.append(&mut bufs);
             r = next_r;
         }
+        eprintln!("all {:?} owndec {owndec:?} helper {hbusy:?}", t_all.elapsed());
+        eprintln!(
+            "wait {wait:?} decode {:?} main {:?} r {rs:?} pool {:?}",
+            balance.decode,
+            balance.main,
+            pool.iter().map(|b| b.capacity()).collect::<Vec<_>>()
+        );
         Ok(bytes_read)
     })
 }

@@ -3,3 +3,4 @@
 //! path string, so moving a checkpoint keeps the cache and editing one invalidates it.
 
 pub mod model;
+pub mod task;
