@@ -9,7 +9,8 @@ use crate::value::{Kind, Value};
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Estimate {
     pub bytes_read: u64,
-    /// Peak working memory of a streamed pass: (inputs + 1) × the largest tensor in f32.
+    /// Peak working memory of a streamed pass: the merge engine keeps two f32 buffers (one per
+    /// thread) for each input and the output: 2 × (inputs + 1) × the largest tensor.
     pub peak_bytes: u64,
     pub known: bool,
 }
@@ -34,7 +35,7 @@ pub fn estimate(node: &Node) -> Estimate {
             largest = largest.max(m.tensors().values().map(|(_, t)| t.numel() as u64).max().unwrap_or(0));
         }
     }
-    e.peak_bytes = largest * 4 * (dirs.len() as u64 + 1);
+    e.peak_bytes = 2 * largest * 4 * (dirs.len() as u64 + 1);
     e
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Makes N perturbed copies of a model (seeded noise, written with the streaming writer) in a
 //! scratch directory, then times (a) reading every byte of every input file with the page cache
-//! warm — the floor any merge must pay — (b) reading and converting every tensor to f32, and
-//! (c) averaging the N copies with `merge_streaming`. Prints wall times, input GB/s and the peak
-//! RSS of the merge (VmHWM, reset just before it). Defaults: the MiniLM test model, N = 4.
+//! warm — the floor any merge must pay — (b) reading and converting every tensor to f32,
+//! (c) `mean` and the writer on their own, and (d) averaging the N copies with
+//! `merge_streaming` (best of 5). Prints wall times, input GB/s and the peak RSS of the merges
+//! (VmHWM, reset just before them). Defaults: the MiniLM test model, N = 4.
 
 use smelt::diag::OpError;
 use smelt::tensors::merge::mean;
@@ -160,33 +161,6 @@ fn run() -> Result<(), OpError> {
         t.elapsed().as_secs_f64()
     );
 
-    if std::env::var_os("DECEXP").is_some() {
-        let mut vals = Vec::new();
-        let mut pool: Vec<Vec<f32>> = vec![Vec::new(); 8];
-        for _ in 0..3 {
-            let t = Instant::now();
-            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut vals)?; } }
-            let plain = t.elapsed();
-            let t = Instant::now();
-            for c in &copies { for name in c.tensors().keys() { c.read_f32_into(name, &mut vals)?; c.evict(name); } }
-            let ev = t.elapsed();
-            let t = Instant::now();
-            for (k, name) in copies[0].tensors().keys().enumerate() { for (i, c) in copies.iter().enumerate() { c.read_f32_into(name, &mut pool[(k % 2) * 4 + i])?; } }
-            let rot = t.elapsed();
-            eprintln!("plain {plain:?} evict {ev:?} rotating-8 {rot:?}");
-        }
-        return Ok(());
-    }
-    if std::env::var_os("ONLYMERGE").is_some() {
-        let refs: Vec<&ModelDir> = copies.iter().collect();
-        let out = scratch.0.join("merged");
-        for _ in 0..8 {
-            let t = Instant::now();
-            merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_, v: &[Vec<f32>]| Ok(mean(v)))?;
-            eprintln!("merge {:?}", t.elapsed());
-        }
-        return Ok(());
-    }
     let files: Vec<PathBuf> = copies.iter().flat_map(weight_files).collect();
     let mut buf = vec![0u8; 4 << 20];
     read_all(&files, &mut buf)?; // warm the page cache
@@ -217,20 +191,19 @@ fn run() -> Result<(), OpError> {
 
     let refs: Vec<&ModelDir> = copies.iter().collect();
     let out = scratch.0.join("merged");
+    // Unmap the inputs' pages touched above, so the peak reflects the merge alone.
+    for c in &copies {
+        c.tensors().keys().for_each(|name| c.evict(name));
+    }
     let rss_before = status_mb("VmRSS:");
-    let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux ≥ 4.0)
-    let (merge_s, stats) = best_of(|| {
-        merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut |_,
-                                                                   v: &[Vec<
-            f32,
-        >]| {
-            Ok(mean(v))
-        })
-    })?;
+    let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux >= 4.0)
+    let mut average = |_: &str, v: &[Vec<f32>]| Ok(mean(v));
+    let (merge_s, stats) =
+        best_of(|| merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut average))?;
     let peak = status_mb("VmHWM:");
     println!(
-        "average n={n}: {merge_s:.3} s, {:.2} GB/s input, peak RSS {peak:.0} MB (RSS before {rss_before:.0} MB); \
-         io floor {io_s:.3} s; ratio {:.1}x",
+        "average n={n}: {merge_s:.3} s, {:.2} GB/s input, peak RSS {peak:.0} MB; io floor {io_s:.3} s \
+         (ratio {:.1}x; RSS before the merges {rss_before:.0} MB)",
         stats.bytes_read as f64 / 1e9 / merge_s,
         merge_s / io_s
     );

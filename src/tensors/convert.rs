@@ -10,6 +10,7 @@ use super::dtype::Dtype;
 use crate::diag::OpError;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use std::mem::MaybeUninit;
 
 fn unsupported(dtype: Dtype, dir: &str) -> OpError {
     OpError::new(
@@ -20,16 +21,28 @@ fn unsupported(dtype: Dtype, dir: &str) -> OpError {
 }
 
 /// Decode `bytes` (a whole tensor of `dtype`) into `out`, replacing its contents.
+///
+/// The values are written straight into the vector's spare capacity (no zero-fill pass; a
+/// buffer that is too small is grown in place by `reserve`, which glibc does with `mremap`).
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), OpError> {
     let n = bytes.len() / dtype.size();
-    // Every element is overwritten, so a reused buffer is only resized (no memset pass).
-    out.truncate(n);
-    out.resize(n, 0.0);
-    decode_into(dtype, bytes, out)
+    out.clear();
+    out.reserve(n);
+    decode_uninit(dtype, bytes, &mut out.spare_capacity_mut()[..n])?;
+    // SAFETY: `decode_uninit` succeeded, so it wrote all `n` elements.
+    unsafe { out.set_len(n) };
+    Ok(())
 }
 
 /// Decode into a slice of exactly `bytes.len() / dtype.size()` elements.
 pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), OpError> {
+    // SAFETY: same layout; `decode_uninit` only ever stores initialised values.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    decode_uninit(dtype, bytes, out)
+}
+
+/// The decoders: on success every element of `out` has been written.
+fn decode_uninit(dtype: Dtype, bytes: &[u8], out: &mut [MaybeUninit<f32>]) -> Result<(), OpError> {
     if bytes.len() != out.len() * dtype.size() {
         return Err(OpError::msg(format!(
             "internal: {} bytes of {dtype} do not fill {} values",
@@ -41,63 +54,76 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), Op
         Dtype::F16 => decode_f16(bytes, out),
         Dtype::BF16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                o.write(f32::from_bits(
+                    (u16::from_le_bytes([c[0], c[1]]) as u32) << 16,
+                ));
             }
         }
         Dtype::F32 => {
-            // SAFETY: every bit pattern is a valid f32; alignment is checked via the prefix.
-            let (pre, mid, post) = unsafe { bytes.align_to::<f32>() };
-            if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
-                out.copy_from_slice(mid);
+            if cfg!(target_endian = "little") {
+                // SAFETY: lengths were checked above; byte copies have no alignment needs.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        out.as_mut_ptr() as *mut u8,
+                        bytes.len(),
+                    )
+                };
             } else {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    o.write(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 }
             }
         }
         Dtype::F64 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                o.write(
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+                );
             }
         }
         Dtype::Bool | Dtype::U8 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = b as f32;
+                o.write(b as f32);
             }
         }
         Dtype::I8 => {
             for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = b as i8 as f32;
+                o.write(b as i8 as f32);
             }
         }
         Dtype::I16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = i16::from_le_bytes([c[0], c[1]]) as f32;
+                o.write(i16::from_le_bytes([c[0], c[1]]) as f32);
             }
         }
         Dtype::U16 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = u16::from_le_bytes([c[0], c[1]]) as f32;
+                o.write(u16::from_le_bytes([c[0], c[1]]) as f32);
             }
         }
         Dtype::I32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32;
+                o.write(i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32);
             }
         }
         Dtype::U32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32;
+                o.write(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32);
             }
         }
         Dtype::I64 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                o.write(
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+                );
             }
         }
         Dtype::U64 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                o.write(
+                    u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+                );
             }
         }
         Dtype::F8E5M2 | Dtype::F8E4M3 => return Err(unsupported(dtype, "to")),
@@ -106,21 +132,15 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> Result<(), Op
 }
 
 /// F16 bytes → f32: the F16C instruction on whole 16-element blocks when the CPU has it
-/// (`half`'s slice conversion calls a non-inlined helper per 8 values, ~3× slower), else `half`.
-fn decode_f16(bytes: &[u8], out: &mut [f32]) {
+/// (`half`'s slice conversion calls a non-inlined helper per 8 values, ~3× slower).
+fn decode_f16(bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { x86::decode_f16(bytes, out) };
     }
-    // SAFETY: every bit pattern is a valid f16; alignment is checked via the prefix.
-    let (pre, mid, post) = unsafe { bytes.align_to::<f16>() };
-    if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
-        mid.convert_to_f32_slice(out);
-    } else {
-        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-        }
+    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        o.write(f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32());
     }
 }
 
@@ -146,12 +166,13 @@ fn encode_f16(src: &[f32], dst: &mut [u8]) {
 mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// Requires `bytes.len() == 2 * out.len()` (checked by the caller; the tail loop is safe).
     #[target_feature(enable = "avx,f16c")]
-    pub unsafe fn decode_f16(bytes: &[u8], out: &mut [f32]) {
+    pub unsafe fn decode_f16(bytes: &[u8], out: &mut [MaybeUninit<f32>]) {
         let n = out.len().min(bytes.len() / 2);
-        let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr());
+        let (src, dst) = (bytes.as_ptr(), out.as_mut_ptr() as *mut f32);
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: i + 16 <= n keeps both 16-element accesses in bounds; loads are unaligned.
@@ -164,7 +185,7 @@ mod x86 {
             i += 16;
         }
         for (o, c) in out[i..n].iter_mut().zip(bytes[2 * i..].chunks_exact(2)) {
-            *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            o.write(f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32());
         }
     }
 

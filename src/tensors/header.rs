@@ -120,8 +120,17 @@ fn check_header_len(path: &Path, n: u64, file_len: u64) -> Result<usize, OpError
 /// Parse and validate the JSON header bytes of a file of `file_len` bytes.
 pub fn parse_header(path: &Path, json: &[u8], file_len: u64) -> Result<Header, OpError> {
     let data_start = 8 + json.len();
-    let data_len = usize::try_from(file_len - data_start as u64)
-        .map_err(|_| corrupt(path, "file too large for this platform"))?;
+    let data_len = file_len.checked_sub(data_start as u64).ok_or_else(|| {
+        corrupt(
+            path,
+            format!(
+                "a {}-byte header does not fit in {file_len} bytes",
+                json.len()
+            ),
+        )
+    })?;
+    let data_len =
+        usize::try_from(data_len).map_err(|_| corrupt(path, "file too large for this platform"))?;
     let text = std::str::from_utf8(json)
         .map_err(|e| corrupt(path, format!("header is not valid UTF-8 ({e})")))?;
     let value: Value = serde_json::from_str(text)
@@ -332,5 +341,34 @@ mod tests {
             .unwrap_err()
             .message
             .contains("UTF-8"));
+    }
+
+    #[test]
+    fn random_corruption_never_panics() {
+        let good = file_bytes(
+            r#"{"__metadata__":{"k":"v"},"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},"b":{"dtype":"I64","shape":[1],"data_offsets":[12,20]}}"#,
+            20,
+        );
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..5000 {
+            let mut b = good.clone();
+            for _ in 0..(1 + rand() % 4) {
+                let i = (rand() % b.len() as u64) as usize;
+                b[i] = rand() as u8;
+            }
+            let cut = (rand() % (b.len() as u64 + 1)) as usize;
+            if let Ok(h) = header_from_bytes(Path::new("f"), &b[..cut]) {
+                for t in h.tensors.values() {
+                    assert!(h.data_start + t.offsets.1 <= cut);
+                    assert_eq!(t.byte_len(), t.numel() * t.dtype.size());
+                }
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Streaming merge engine: combine N compatible models tensor by tensor into a new model dir.
 //!
-//! For each tensor name (sorted) it reads that tensor from every input straight out of the mmap
+//! For each tensor name (sorted) it decodes that tensor of every input straight out of the mmap
 //! into reusable f32 buffers, hands them to a `combine` callback and streams the result through
-//! [`SafetensorsWriter`], so memory stays at about one tensor × (number of models + 2). Integer
-//! tensors (e.g. `position_ids` buffers) are copied from the first input unchanged. The output is
-//! built in `<out_dir>.tmp-<pid>` together with `config.json` (with `torch_dtype` updated) and the
-//! first input's tokenizer files, and renamed into place only after everything succeeded.
+//! [`SafetensorsWriter`] (the two-core loop lives in `pipeline.rs`). Memory stays at about two
+//! tensors × (number of models + 1), never a whole model. Integer tensors (e.g. `position_ids`
+//! buffers) are copied from the first input unchanged. The output is built in
+//! `<out_dir>.tmp-<pid>` together with `config.json` (with `torch_dtype` updated) and the first
+//! input's tokenizer files, and renamed into place only after everything succeeded.
 
 use super::dtype::Dtype;
 use super::model_dir::ModelDir;
@@ -136,9 +137,7 @@ pub fn merge_streaming(
         ..WriterOptions::default()
     };
     let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
-    eprintln!("setup {:?}", start.elapsed());
     let bytes_read = stream_tensors(inputs, &mut writer, combine)?;
-    eprintln!("loop {:?}", start.elapsed());
     let mut bytes_written = writer.finish()?.bytes;
 
     if let Some(config) = first.config() {
@@ -158,9 +157,7 @@ pub fn merge_streaming(
         let dst = tmp.path.join(name);
         bytes_written += std::fs::copy(src, &dst).map_err(|e| io_err(&dst, e))?;
     }
-    eprintln!("side {:?}", start.elapsed());
     commit(tmp, out_dir)?;
-    eprintln!("commit {:?}", start.elapsed());
     Ok(MergeStats {
         tensors: specs.len(),
         bytes_read,

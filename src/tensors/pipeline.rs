@@ -1,16 +1,17 @@
 //! The merge inner loop: read, combine and write every tensor, using both cores.
 //!
-//! A merge is bound by memory traffic (decode N inputs to f32, combine, encode, write). A scoped
-//! helper thread decodes the first `r` inputs of the next tensor while the calling thread
-//! combines and writes the current one and then decodes the remaining inputs itself; `r` adapts
-//! per tensor so neither thread waits for the other. The `combine` callback stays on the calling
-//! thread (it need not be `Send`). Decode buffers are recycled through a pool, so memory is
-//! bounded by about two tensors' worth of inputs plus one combined result.
+//! A merge is bound by memory traffic: decode N inputs to f32, combine, encode, write. The
+//! calling thread runs `combine` (it need not be `Send`) and decodes some inputs; a scoped helper
+//! thread decodes the other inputs of the next tensor and encodes and writes the previous result.
+//! How many inputs each side decodes follows measured costs, so neither waits for the other.
+//! Decode buffers are recycled through a pool, so memory stays at about two tensors' worth of
+//! inputs plus two combined results.
 
 use super::merge::CombineFn;
 use super::model_dir::ModelDir;
 use super::writer::SafetensorsWriter;
 use crate::diag::OpError;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// Decode tensor `name` of `inputs` into `bufs` (one per input) and drop the mapped pages.
@@ -22,16 +23,31 @@ fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Resul
     Ok(())
 }
 
-/// Work for the helper thread: decode `name` from the first `r` inputs into `bufs`.
-struct Job<'a> {
-    name: &'a str,
-    r: usize,
-    bufs: Vec<Vec<f32>>,
+/// Work for the helper thread, done in the order sent.
+enum Job<'a> {
+    /// Decode `name` from the first `r` inputs into `bufs` and send them back.
+    Decode {
+        name: &'a str,
+        r: usize,
+        bufs: Vec<Vec<f32>>,
+    },
+    /// Encode and append a merged tensor (`bytes`: its size in one input, for the balance).
+    Write {
+        name: &'a str,
+        values: Vec<f32>,
+        bytes: u64,
+    },
+    /// Append stored bytes unchanged (integer tensors).
+    WriteRaw { name: &'a str, raw: &'a [u8] },
 }
 
+/// Reply to a `Decode` job, with the helper's timings since the previous reply.
 struct Decoded {
     bufs: Vec<Vec<f32>>,
-    busy: Duration,
+    decode: Duration,
+    write: Duration,
+    written_bytes: u64,
+    /// The decode error, or the first write error since the previous reply.
     result: Result<(), OpError>,
 }
 
@@ -49,17 +65,16 @@ fn take(pool: &mut Vec<Vec<f32>>, k: usize, numel: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Receive, spinning briefly before blocking: a blocked thread is woken on the waker's core
-/// and would time-share it with the waker for a while, which costs more than the spin.
-fn recv_spinning<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+/// Receive, spinning up to 5 ms before blocking. Measured on the 2-core VM: with blocking
+/// hand-offs (a futex wake-up per tensor and direction) the whole merge was ~10-20% slower.
+fn recv_spinning<T>(rx: &Receiver<T>) -> Option<T> {
     let start = Instant::now();
-    if std::env::var_os("NOSPIN").is_some() { return rx.recv().ok(); }
     loop {
         for _ in 0..256 {
             match rx.try_recv() {
                 Ok(v) => return Some(v),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-                Err(std::sync::mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
             }
         }
         if start.elapsed() > Duration::from_millis(5) {
@@ -73,37 +88,52 @@ fn recv_spinning<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
 struct Balance {
     decode: Duration,
     decoded_bytes: u64,
-    main: Duration,
-    main_bytes: u64,
+    combine: Duration,
+    combined_bytes: u64,
+    write: Duration,
+    written_bytes: u64,
+}
+
+fn per_byte(t: Duration, bytes: u64) -> f64 {
+    if bytes == 0 {
+        0.0
+    } else {
+        t.as_secs_f64() / bytes as f64
+    }
 }
 
 impl Balance {
-    /// Inputs for the helper: with per-byte decode cost `d` and combine+write cost `c` (per byte
-    /// of one input), the helper's `r·d` equals the caller's `c + (n - r)·d` at `r = (c/d + n)/2`.
+    /// Inputs for the helper. Per byte of one input, with decode cost `d`, combine cost `c` and
+    /// write cost `w`: the helper's `r·d + w` equals the caller's `c + (n - r)·d` at
+    /// `r = n/2 + (c - w)/(2d)`. Before anything is measured the helper decodes everything.
     fn helper_share(&self, n: usize) -> usize {
-        if self.decoded_bytes == 0 || self.main_bytes == 0 || self.decode.is_zero() {
+        let d = per_byte(self.decode, self.decoded_bytes);
+        if d == 0.0 || self.combined_bytes == 0 {
             return n;
         }
-        let d = self.decode.as_secs_f64() / self.decoded_bytes as f64;
-        let c = self.main.as_secs_f64() / self.main_bytes as f64;
-        let r = ((c / d + n as f64) / 2.0).round();
-        (r as usize).clamp(1, n)
+        let c = per_byte(self.combine, self.combined_bytes);
+        let w = per_byte(self.write, self.written_bytes);
+        let r = (n as f64 / 2.0 + (c - w) / (2.0 * d)).round();
+        r.clamp(0.0, n as f64) as usize
     }
 }
 
 /// Read, combine and write every tensor in name order; returns the tensor bytes read.
 ///
-/// Two cores, two threads: a scoped helper decodes the first `r` inputs of tensor k+1 while
-/// this thread combines and writes tensor k and then decodes the remaining `n - r` inputs of
-/// k+1 itself; `r` follows measured costs (see [`Balance`]). Buffers are recycled through a
-/// pool, so at most two tensors' worth of inputs (plus one combined result) are alive.
+/// Two cores, two threads. The scoped helper owns the writer: it decodes the first `r` inputs
+/// of tensor k+1 and then encodes and writes tensor k, while this thread decodes the other
+/// `n - r` inputs and runs `combine` (which need not be `Send`). `r` follows measured costs
+/// (see [`Balance`]). Decode buffers are recycled through a pool, so about two tensors' worth
+/// of inputs plus two combined results are alive at once.
 pub(crate) fn stream_tensors(
     inputs: &[&ModelDir],
     writer: &mut SafetensorsWriter,
     combine: &mut CombineFn<'_>,
 ) -> Result<u64, OpError> {
     let n = inputs.len();
-    let first = inputs[0];
+    let Some(&first) = inputs.first() else {
+        return Ok(0);
+    };
     let floats: Vec<(&str, usize)> = first
         .tensors()
         .iter()
@@ -114,32 +144,14 @@ pub(crate) fn stream_tensors(
     std::thread::scope(|scope| -> Result<u64, OpError> {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<Decoded>();
-        scope.spawn(move || {
-            while let Some(mut job) = recv_spinning(&job_rx) {
-                let start = Instant::now();
-                let result = read_inputs(&inputs[..job.r], job.name, &mut job.bufs);
-                let busy = start.elapsed();
-                if done_tx
-                    .send(Decoded {
-                        bufs: job.bufs,
-                        busy,
-                        result,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
+        let helper = scope.spawn(move || helper_loop(inputs, writer, job_rx, done_tx));
         let mut pool: Vec<Vec<f32>> = Vec::new();
-        let mut wait = Duration::ZERO;
-        let mut rs = vec![];
-        let mut owndec = Duration::ZERO; let mut hbusy = Duration::ZERO; let t_all = Instant::now();
         let mut balance = Balance::default();
         let mut next = 0usize;
-        let mut send = |pool: &mut Vec<Vec<f32>>, r: usize| -> usize {
+        let write_tx = job_tx.clone();
+        let mut send_decode = move |pool: &mut Vec<Vec<f32>>, r: usize| -> usize {
             if let Some(&(name, numel)) = floats.get(next) {
-                let _ = job_tx.send(Job {
+                let _ = job_tx.send(Job::Decode {
                     name,
                     r,
                     bufs: take(pool, r, numel),
@@ -148,12 +160,12 @@ pub(crate) fn stream_tensors(
             }
             r
         };
-        let mut r = send(&mut pool, n);
+        let mut r = send_decode(&mut pool, n);
         for (name, (_, info)) in first.tensors() {
             if !info.dtype.is_float() {
                 let raw = first.read_raw(name)?;
                 bytes_read += raw.len() as u64;
-                writer.write_raw(name, raw)?;
+                let _ = write_tx.send(Job::WriteRaw { name, raw });
                 continue;
             }
             let bytes = info.byte_len() as u64;
@@ -161,18 +173,15 @@ pub(crate) fn stream_tensors(
             let mut own = take(&mut pool, n - r, info.numel());
             read_inputs(&inputs[r..], name, &mut own)?;
             balance.decode += start.elapsed();
-            owndec += start.elapsed();
             balance.decoded_bytes += bytes * (n - r) as u64;
-            let tw = Instant::now();
             let done = recv_spinning(&done_rx)
-                .ok_or(()).map_err(|_| OpError::msg("merge: the reader thread stopped early"))?;
+                .ok_or_else(|| OpError::msg("merge: the helper thread stopped early"))?;
             done.result?;
-            wait += tw.elapsed();
-            rs.push(r);
-            balance.decode += done.busy;
-            hbusy += done.busy;
+            balance.decode += done.decode;
             balance.decoded_bytes += bytes * r as u64;
-            let next_r = send(&mut pool, balance.helper_share(n));
+            balance.write += done.write;
+            balance.written_bytes += done.written_bytes;
+            let next_r = send_decode(&mut pool, balance.helper_share(n));
             let mut bufs = done.bufs;
             bufs.append(&mut own);
             bytes_read += inputs
@@ -180,24 +189,90 @@ pub(crate) fn stream_tensors(
                 .map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64))
                 .sum::<u64>();
             let start = Instant::now();
-            let merged = combine(name, &bufs)
+            let values = combine(name, &bufs)
                 .map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
-            writer.write_f32(name, &merged)?;
-            drop(merged);
-            balance.main += start.elapsed();
-            balance.main_bytes += bytes;
+            balance.combine += start.elapsed();
+            balance.combined_bytes += bytes;
+            if values.len() != info.numel() {
+                return Err(OpError::new(
+                    "smelt::run::shape_mismatch",
+                    format!(
+                        "merging tensor `{name}` produced {} values, but its shape {:?} has {}",
+                        values.len(),
+                        info.shape,
+                        info.numel()
+                    ),
+                ));
+            }
+            let _ = write_tx.send(Job::Write {
+                name,
+                values,
+                bytes,
+            });
             pool.append(&mut bufs);
             r = next_r;
         }
-        eprintln!("all {:?} owndec {owndec:?} helper {hbusy:?}", t_all.elapsed());
-        eprintln!(
-            "wait {wait:?} decode {:?} main {:?} r {rs:?} pool {:?}",
-            balance.decode,
-            balance.main,
-            pool.iter().map(|b| b.capacity()).collect::<Vec<_>>()
-        );
-        Ok(bytes_read)
+        // Closing the job channel lets the helper finish its queue and return.
+        drop(write_tx);
+        drop(send_decode);
+        match helper.join() {
+            Ok(None) => Ok(bytes_read),
+            Ok(Some(e)) => Err(e),
+            Err(_) => Err(OpError::msg("merge: the helper thread panicked")),
+        }
     })
+}
+
+/// The helper thread: run jobs in order; returns the first write error not yet reported.
+fn helper_loop(
+    inputs: &[&ModelDir],
+    writer: &mut SafetensorsWriter,
+    jobs: Receiver<Job<'_>>,
+    done: Sender<Decoded>,
+) -> Option<OpError> {
+    let (mut write, mut written_bytes) = (Duration::ZERO, 0u64);
+    let mut write_err: Option<OpError> = None;
+    while let Some(job) = recv_spinning(&jobs) {
+        let start = Instant::now();
+        match job {
+            Job::Decode { name, r, mut bufs } => {
+                let mut result = read_inputs(&inputs[..r], name, &mut bufs);
+                if let Some(e) = write_err.take() {
+                    result = Err(e);
+                }
+                let failed = result.is_err();
+                let reply = Decoded {
+                    bufs,
+                    decode: start.elapsed(),
+                    write,
+                    written_bytes,
+                    result,
+                };
+                (write, written_bytes) = (Duration::ZERO, 0);
+                if done.send(reply).is_err() || failed {
+                    return None;
+                }
+            }
+            Job::Write {
+                name,
+                values,
+                bytes,
+            } => {
+                if write_err.is_none() {
+                    write_err = writer.write_f32(name, &values).err();
+                }
+                drop(values);
+                write += start.elapsed();
+                written_bytes += bytes;
+            }
+            Job::WriteRaw { name, raw } => {
+                if write_err.is_none() {
+                    write_err = writer.write_raw(name, raw).err();
+                }
+            }
+        }
+    }
+    write_err
 }
 
 #[cfg(test)]
@@ -261,6 +336,48 @@ mod tests {
         assert_eq!(seen, vec!["a", "c"]);
         assert_eq!(read, 4 * (12 + 8));
         w.finish().unwrap();
+    }
+
+    #[test]
+    fn take_prefers_the_smallest_buffer_that_fits() {
+        let mut pool = vec![
+            Vec::with_capacity(10),
+            Vec::with_capacity(1000),
+            Vec::with_capacity(100),
+        ];
+        let got = take(&mut pool, 2, 50);
+        assert_eq!(got[0].capacity(), 100);
+        assert_eq!(got[1].capacity(), 1000); // nothing else fits: the largest grows least
+        assert_eq!(take(&mut pool, 2, 5).len(), 2); // an empty pool hands out new buffers
+    }
+
+    #[test]
+    fn balance_splits_by_measured_cost() {
+        let mut b = Balance::default();
+        assert_eq!(b.helper_share(4), 4);
+        // d = 1, c = 2, w = 0 (ms per MB): helper r·1 = 2 + (4 - r)·1 ⇒ r = 3.
+        b.decode = Duration::from_millis(10);
+        b.decoded_bytes = 10_000_000;
+        b.combine = Duration::from_millis(20);
+        b.combined_bytes = 10_000_000;
+        assert_eq!(b.helper_share(4), 3);
+        assert_eq!(b.helper_share(1), 1);
+        // A slow writer on the helper moves decoding to the caller: r = 2 + (2 - 4)/2 = 1.
+        b.write = Duration::from_millis(40);
+        b.written_bytes = 10_000_000;
+        assert_eq!(b.helper_share(4), 1);
+    }
+
+    #[test]
+    fn write_errors_on_the_helper_reach_the_caller() {
+        let d = tempfile::tempdir().unwrap();
+        let m = model(&d.path().join("m.st"), 1.0, false);
+        // The sink lacks `c`, so the helper's write of `c` fails after `a` succeeded.
+        let specs = vec![("a".to_string(), Dtype::F32, vec![3])];
+        let out = d.path().join("out.safetensors");
+        let mut w = SafetensorsWriter::create(&out, &specs, WriterOptions::default()).unwrap();
+        let e = stream_tensors(&[&m], &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
+        assert!(e.message.contains("`c`"), "{}", e.message);
     }
 
     #[test]

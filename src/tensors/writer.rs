@@ -142,16 +142,27 @@ impl SafetensorsWriter {
         let mut meta = opts.metadata.clone();
         meta.entry("format".into()).or_insert_with(|| "pt".into());
         // Greedy packing in name order: start a new shard when the next tensor would overflow.
-        let mut groups: Vec<(usize, usize, u64)> = vec![(0, 0, 0)];
+        // Each group is (first tensor, end, bytes).
+        let mut groups: Vec<(usize, usize, u64)> = Vec::new();
+        let mut cur = (0usize, 0usize, 0u64);
         for &size in &sizes {
-            let last = groups.last_mut().unwrap_or_else(|| unreachable!());
-            if last.1 > last.0 && last.2 + size as u64 > opts.max_shard_bytes {
-                let end = last.1;
-                groups.push((end, end + 1, size as u64));
-            } else {
-                last.1 += 1;
-                last.2 += size as u64;
+            if cur.1 > cur.0 && cur.2.saturating_add(size as u64) > opts.max_shard_bytes {
+                groups.push(cur);
+                cur = (cur.1, cur.1, 0);
             }
+            cur.1 += 1;
+            cur.2 = cur.2.saturating_add(size as u64);
+        }
+        groups.push(cur);
+        if sizes
+            .iter()
+            .try_fold(0usize, |a, &s| a.checked_add(s))
+            .is_none()
+        {
+            return Err(spec_err(format!(
+                "{}: total tensor size overflows",
+                path.display()
+            )));
         }
         let n = groups.len();
         let stem = file_name.strip_suffix(".safetensors").unwrap_or(file_name);
