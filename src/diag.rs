@@ -74,7 +74,10 @@ impl Diagnostic {
     }
 
     pub fn with_secondary(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
-        self.secondary.push(Label { span, text: text.into() });
+        self.secondary.push(Label {
+            span,
+            text: text.into(),
+        });
         self
     }
 
@@ -106,7 +109,11 @@ pub struct OpError {
 
 impl OpError {
     pub fn new(code: &'static str, message: impl Into<String>) -> OpError {
-        OpError { code, message: message.into(), help: None }
+        OpError {
+            code,
+            message: message.into(),
+            help: None,
+        }
     }
 
     /// A generic run-time failure (`smelt::run::failed`).
@@ -136,7 +143,10 @@ impl std::error::Error for OpError {}
 
 impl From<candle_core::Error> for OpError {
     fn from(e: candle_core::Error) -> OpError {
-        OpError::new("smelt::run::tensor", format!("tensor operation failed: {e}"))
+        OpError::new(
+            "smelt::run::tensor",
+            format!("tensor operation failed: {e}"),
+        )
     }
 }
 
@@ -199,7 +209,10 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diag.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diag
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -226,10 +239,13 @@ impl miette::Diagnostic for Report<'_> {
 
 /// Render a diagnostic as text. `color = false` and a fixed `width` give stable snapshots.
 pub fn render(diag: &Diagnostic, sources: &SourceMap, color: bool, width: usize) -> String {
-    let src = diag.span.filter(|s| (s.file.0 as usize) < sources.len()).map(|s| {
-        let f = sources.get(s.file);
-        miette::NamedSource::new(f.name.clone(), f.text.to_string())
-    });
+    let src = diag
+        .span
+        .filter(|s| (s.file.0 as usize) < sources.len())
+        .map(|s| {
+            let f = sources.get(s.file);
+            miette::NamedSource::new(f.name.clone(), f.text.to_string())
+        });
     let report = Report { diag, src };
     let theme = if color {
         miette::GraphicalTheme::unicode()
@@ -246,5 +262,9 @@ pub fn render(diag: &Diagnostic, sources: &SourceMap, color: bool, width: usize)
 
 /// Render many diagnostics, separated by blank lines.
 pub fn render_all(diags: &[Diagnostic], sources: &SourceMap, color: bool, width: usize) -> String {
-    diags.iter().map(|d| render(d, sources, color, width)).collect::<Vec<_>>().join("\n")
+    diags
+        .iter()
+        .map(|d| render(d, sources, color, width))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

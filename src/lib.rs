@@ -9,23 +9,23 @@
 // their size costs nothing measurable; boxing them everywhere would obscure the code.
 #![allow(clippy::result_large_err)]
 
-pub mod diag;
-pub mod nn;
-pub mod source;
-pub mod syntax;
-pub mod tensors;
 pub mod cache;
 pub mod data;
-pub mod ops;
-pub mod report;
-pub mod sig;
-pub mod types;
-pub mod value;
-pub mod eval;
-pub mod stdlib;
-pub mod session;
-pub mod run;
+pub mod diag;
 pub mod doc;
+pub mod eval;
+pub mod nn;
+pub mod ops;
 pub mod plan;
 pub mod repl;
+pub mod report;
+pub mod run;
+pub mod session;
+pub mod sig;
+pub mod source;
+pub mod stdlib;
+pub mod syntax;
+pub mod tensors;
 pub mod train;
+pub mod types;
+pub mod value;

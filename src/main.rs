@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "smelt", version, about = "Typed, cached, reproducible multi-task fine-tuning experiments")]
+#[command(
+    name = "smelt",
+    version,
+    about = "Typed, cached, reproducible multi-task fine-tuning experiments"
+)]
 struct Cli {
     /// Content-addressed store (default: $SMELT_STORE or .smelt).
     #[arg(long, global = true)]
@@ -92,10 +96,12 @@ fn esay(text: &str) {
 fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
     sets.iter()
         .map(|s| {
-            s.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())).ok_or_else(|| {
-                Diagnostic::global("smelt::cli::set", format!("`--set {s}` is not NAME=VALUE"))
-                    .with_help("write e.g. `--set profile=small`")
-            })
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    Diagnostic::global("smelt::cli::set", format!("`--set {s}` is not NAME=VALUE"))
+                        .with_help("write e.g. `--set profile=small`")
+                })
         })
         .collect()
 }
@@ -110,12 +116,24 @@ fn main() -> ExitCode {
         ExitCode::from(1)
     };
     match cli.cmd {
-        Cmd::Run { file, set, device, out, quiet } => {
+        Cmd::Run {
+            file,
+            set,
+            device,
+            out,
+            quiet,
+        } => {
             let overrides = match parse_sets(&set) {
                 Ok(o) => o,
                 Err(d) => return fail(&session, &[d]),
             };
-            let opts = RunOptions { overrides, device, out, store, progress: !quiet };
+            let opts = RunOptions {
+                overrides,
+                device,
+                out,
+                store,
+                progress: !quiet,
+            };
             match smelt::run::run(&mut session, &file, &opts) {
                 Err(diags) => fail(&session, &diags),
                 Ok(outcome) => {
@@ -139,7 +157,9 @@ fn main() -> ExitCode {
         }
         Cmd::Check { file, set } => dry(&mut session, &file, &set, Mode::Check, &store, color),
         Cmd::Plan { file, set } => dry(&mut session, &file, &set, Mode::Plan, &store, color),
-        Cmd::Repl { file } => ExitCode::from(smelt::repl::terminal::run_terminal(&store, file.as_deref()) as u8),
+        Cmd::Repl { file } => {
+            ExitCode::from(smelt::repl::terminal::run_terminal(&store, file.as_deref()) as u8)
+        }
         Cmd::Doc { op } => match op {
             None => {
                 say(&smelt::doc::reference(&session.reg));
@@ -152,8 +172,12 @@ fn main() -> ExitCode {
                 }
                 None => {
                     let ids = smelt::ops::SigLookup::ids(&session.reg);
-                    let mut d = Diagnostic::global("smelt::doc::unknown", format!("no operator `{name}`"));
-                    if let Some(s) = smelt::types::calls::did_you_mean(&name.replacen(' ', ".", 1), ids.iter().copied()) {
+                    let mut d =
+                        Diagnostic::global("smelt::doc::unknown", format!("no operator `{name}`"));
+                    if let Some(s) = smelt::types::calls::did_you_mean(
+                        &name.replacen(' ', ".", 1),
+                        ids.iter().copied(),
+                    ) {
                         d = d.with_help(format!("did you mean `{s}`?"));
                     }
                     fail(&session, &[d])
@@ -164,7 +188,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode, store_dir: &std::path::Path, color: bool) -> ExitCode {
+fn dry(
+    session: &mut Session,
+    file: &std::path::Path,
+    set: &[String],
+    mode: Mode,
+    store_dir: &std::path::Path,
+    color: bool,
+) -> ExitCode {
     let start = std::time::Instant::now();
     let overrides = match parse_sets(set) {
         Ok(o) => o,
@@ -180,7 +211,11 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
             return ExitCode::from(1);
         }
     };
-    let store = if mode == Mode::Plan { smelt::cache::Store::open(store_dir).ok() } else { None };
+    let store = if mode == Mode::Plan {
+        smelt::cache::Store::open(store_dir).ok()
+    } else {
+        None
+    };
     let mut fp = match &store {
         Some(s) => smelt::cache::Fingerprinter::open(&s.fingerprint_file()),
         None => smelt::cache::Fingerprinter::in_memory(),
@@ -200,7 +235,10 @@ fn dry(session: &mut Session, file: &std::path::Path, set: &[String], mode: Mode
         Mode::Plan => {
             let line_of = |span: smelt::source::Span| {
                 let f = session.sources.get(span.file);
-                let line = f.text[..(span.lo as usize).min(f.text.len())].matches('\n').count() + 1;
+                let line = f.text[..(span.lo as usize).min(f.text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
                 format!("{}:{line}", f.name)
             };
             say(&smelt::plan::render(&nodes, &line_of));
@@ -226,8 +264,17 @@ fn cache(cmd: CacheCmd, store_dir: &std::path::Path) -> ExitCode {
     match cmd {
         CacheCmd::Ls => {
             for m in store.list() {
-                let size = smelt::cache::dir_size(&store.object_dir(&smelt::cache::Key::from_hex(&m.key).expect("listed key")));
-                say(&(format!("{}  {:<24} {:>10}  {:.2}s  {}", &m.key[..10], m.op, smelt::plan::human_bytes(size), m.seconds, m.params) + "\n"));
+                let size = smelt::cache::dir_size(
+                    &store.object_dir(&smelt::cache::Key::from_hex(&m.key).expect("listed key")),
+                );
+                say(&(format!(
+                    "{}  {:<24} {:>10}  {:.2}s  {}",
+                    &m.key[..10],
+                    m.op,
+                    smelt::plan::human_bytes(size),
+                    m.seconds,
+                    m.params
+                ) + "\n"));
             }
         }
         CacheCmd::Why { key } => {
@@ -241,9 +288,16 @@ fn cache(cmd: CacheCmd, store_dir: &std::path::Path) -> ExitCode {
             }
         }
         CacheCmd::Gc { runs, all } => {
-            let keep = if all { Default::default() } else { smelt::run::live_keys(&runs) };
+            let keep = if all {
+                Default::default()
+            } else {
+                smelt::run::live_keys(&runs)
+            };
             match store.gc(&keep) {
-                Ok((n, bytes)) => say(&format!("removed {n} objects, freed {}\n", smelt::plan::human_bytes(bytes))),
+                Ok((n, bytes)) => say(&format!(
+                    "removed {n} objects, freed {}\n",
+                    smelt::plan::human_bytes(bytes)
+                )),
                 Err(e) => {
                     esay(&(format!("error: {}", e.message) + "\n"));
                     return ExitCode::from(1);

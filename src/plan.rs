@@ -26,13 +26,25 @@ pub fn estimate(node: &Node) -> Estimate {
             _ => {}
         }
     }
-    node.args.values.iter().for_each(|(_, v)| walk(v, &mut dirs, &mut unknown));
-    let mut e = Estimate { known: !unknown, ..Default::default() };
+    node.args
+        .values
+        .iter()
+        .for_each(|(_, v)| walk(v, &mut dirs, &mut unknown));
+    let mut e = Estimate {
+        known: !unknown,
+        ..Default::default()
+    };
     let mut largest = 0u64;
     for d in &dirs {
         if let Ok(m) = ModelDir::open(d) {
             e.bytes_read += m.data_bytes();
-            largest = largest.max(m.tensors().values().map(|(_, t)| t.numel() as u64).max().unwrap_or(0));
+            largest = largest.max(
+                m.tensors()
+                    .values()
+                    .map(|(_, t)| t.numel() as u64)
+                    .max()
+                    .unwrap_or(0),
+            );
         }
     }
     e.peak_bytes = 2 * largest * 4 * (dirs.len() as u64 + 1);
@@ -72,13 +84,22 @@ pub fn render(nodes: &[Node], line_of: &dyn Fn(crate::source::Span) -> String) -
         };
         let est = estimate(n);
         let cost = if est.bytes_read > 0 {
-            format!("reads {}, peak ~{}", human_bytes(est.bytes_read), human_bytes(est.peak_bytes))
+            format!(
+                "reads {}, peak ~{}",
+                human_bytes(est.bytes_read),
+                human_bytes(est.peak_bytes)
+            )
         } else if !est.known {
             "inputs computed upstream".into()
         } else {
             String::new()
         };
-        out += &format!("{status:<7} {:<24} {}  {:<28} {cost}\n", n.op, n.key.short(), line_of(n.span));
+        out += &format!(
+            "{status:<7} {:<24} {}  {:<28} {cost}\n",
+            n.op,
+            n.key.short(),
+            line_of(n.span)
+        );
     }
     out += &format!("{} nodes: {cached} cached, {to_run} to run\n", nodes.len());
     out

@@ -17,9 +17,16 @@ impl Table {
     /// Build a table from a realised value.
     pub fn from_value(v: &Value) -> Table {
         match v {
-            Value::Artifact(a) if a.kind == Kind::Table => Table::from_json(&a.data).unwrap_or_else(|| cell(v)),
-            Value::Record(r) => Table { columns: r.keys().cloned().collect(), rows: vec![r.values().map(flat).collect()] },
-            Value::List(items) if !items.is_empty() && items.iter().all(|x| matches!(x, Value::Record(_))) => {
+            Value::Artifact(a) if a.kind == Kind::Table => {
+                Table::from_json(&a.data).unwrap_or_else(|| cell(v))
+            }
+            Value::Record(r) => Table {
+                columns: r.keys().cloned().collect(),
+                rows: vec![r.values().map(flat).collect()],
+            },
+            Value::List(items)
+                if !items.is_empty() && items.iter().all(|x| matches!(x, Value::Record(_))) =>
+            {
                 let mut columns: Vec<String> = Vec::new();
                 for it in items.iter() {
                     if let Value::Record(r) = it {
@@ -33,7 +40,10 @@ impl Table {
                 let rows = items
                     .iter()
                     .map(|it| match it {
-                        Value::Record(r) => columns.iter().map(|c| r.get(c).map(flat).unwrap_or(Value::None)).collect(),
+                        Value::Record(r) => columns
+                            .iter()
+                            .map(|c| r.get(c).map(flat).unwrap_or(Value::None))
+                            .collect(),
                         _ => unreachable!("all items are records"),
                     })
                     .collect();
@@ -41,7 +51,11 @@ impl Table {
             }
             Value::List(items) => Table {
                 columns: vec!["index".into(), "value".into()],
-                rows: items.iter().enumerate().map(|(i, x)| vec![Value::Int(i as i64), flat(x)]).collect(),
+                rows: items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| vec![Value::Int(i as i64), flat(x)])
+                    .collect(),
             },
             other => cell(other),
         }
@@ -55,51 +69,110 @@ impl Table {
     }
 
     pub fn from_json(j: &serde_json::Value) -> Option<Table> {
-        let columns = j.get("columns")?.as_array()?.iter().map(|c| c.as_str().map(String::from)).collect::<Option<Vec<_>>>()?;
+        let columns = j
+            .get("columns")?
+            .as_array()?
+            .iter()
+            .map(|c| c.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()?;
         let rows = j
             .get("rows")?
             .as_array()?
             .iter()
-            .map(|r| r.as_array().map(|cells| cells.iter().map(json_scalar).collect()))
+            .map(|r| {
+                r.as_array()
+                    .map(|cells| cells.iter().map(json_scalar).collect())
+            })
             .collect::<Option<Vec<Vec<Value>>>>()?;
         Some(Table { columns, rows })
     }
 
     pub fn to_markdown(&self) -> String {
-        let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(md_cell).collect()).collect();
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(md_cell).collect())
+            .collect();
         let widths: Vec<usize> = (0..self.columns.len())
-            .map(|i| cells.iter().map(|r| r.get(i).map_or(0, |c| c.len())).max().unwrap_or(0).max(self.columns[i].len()).max(3))
+            .map(|i| {
+                cells
+                    .iter()
+                    .map(|r| r.get(i).map_or(0, |c| c.len()))
+                    .max()
+                    .unwrap_or(0)
+                    .max(self.columns[i].len())
+                    .max(3)
+            })
             .collect();
         let line = |vals: &[String]| {
-            let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!(" {v:<w$} ")).collect();
+            let parts: Vec<String> = vals
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!(" {v:<w$} "))
+                .collect();
             format!("|{}|", parts.join("|"))
         };
-        let mut out = vec![line(&self.columns), format!("|{}|", widths.iter().map(|w| format!("-{}-", "-".repeat(*w))).collect::<Vec<_>>().join("|"))];
+        let mut out = vec![
+            line(&self.columns),
+            format!(
+                "|{}|",
+                widths
+                    .iter()
+                    .map(|w| format!("-{}-", "-".repeat(*w)))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            ),
+        ];
         out.extend(cells.iter().map(|r| line(r)));
         out.join("\n") + "\n"
     }
 
     pub fn to_csv(&self) -> String {
-        let esc = |s: String| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s };
-        let mut out = self.columns.iter().cloned().map(esc).collect::<Vec<_>>().join(",") + "\n";
+        let esc = |s: String| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s
+            }
+        };
+        let mut out = self
+            .columns
+            .iter()
+            .cloned()
+            .map(esc)
+            .collect::<Vec<_>>()
+            .join(",")
+            + "\n";
         for r in &self.rows {
-            out += &(r.iter().map(|v| esc(csv_cell(v))).collect::<Vec<_>>().join(",") + "\n");
+            out += &(r
+                .iter()
+                .map(|v| esc(csv_cell(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n");
         }
         out
     }
 }
 
 fn cell(v: &Value) -> Table {
-    Table { columns: vec!["value".into()], rows: vec![vec![flat(v)]] }
+    Table {
+        columns: vec!["value".into()],
+        rows: vec![vec![flat(v)]],
+    }
 }
 
 /// Cells hold scalars; anything else is shown by its short rendering.
 fn flat(v: &Value) -> Value {
     match v {
         Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Str(_) | Value::None => v.clone(),
-        Value::Artifact(a) if a.kind == Kind::Model => {
-            Value::str(a.data.get("name").and_then(|n| n.as_str()).map(String::from).unwrap_or_else(|| format!("model {}", a.key.short())))
-        }
+        Value::Artifact(a) if a.kind == Kind::Model => Value::str(
+            a.data
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map(String::from)
+                .unwrap_or_else(|| format!("model {}", a.key.short())),
+        ),
         other => Value::str(other.display()),
     }
 }
@@ -137,7 +210,10 @@ fn json_scalar(j: &serde_json::Value) -> Value {
     match j {
         serde_json::Value::Null => Value::None,
         serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map(Value::Int).unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
         serde_json::Value::String(s) => Value::str(s),
         other => Value::str(other.to_string()),
     }
@@ -165,7 +241,10 @@ mod tests {
 
     #[test]
     fn scalar_and_list() {
-        assert_eq!(Table::from_value(&Value::Int(3)).rows, vec![vec![Value::Int(3)]]);
+        assert_eq!(
+            Table::from_value(&Value::Int(3)).rows,
+            vec![vec![Value::Int(3)]]
+        );
         let t = Table::from_value(&Value::list(vec![Value::Float(1.5)]));
         assert_eq!(t.rows[0], vec![Value::Int(0), Value::Float(1.5)]);
     }

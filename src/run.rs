@@ -36,7 +36,9 @@ impl Default for RunOptions {
 }
 
 pub fn default_store() -> PathBuf {
-    std::env::var_os("SMELT_STORE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".smelt"))
+    std::env::var_os("SMELT_STORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".smelt"))
 }
 
 #[derive(Debug)]
@@ -51,12 +53,20 @@ pub struct RunOutcome {
 }
 
 /// Run a program file end to end.
-pub fn run(session: &mut Session, file: &Path, opts: &RunOptions) -> Result<RunOutcome, Vec<Diagnostic>> {
+pub fn run(
+    session: &mut Session,
+    file: &Path,
+    opts: &RunOptions,
+) -> Result<RunOutcome, Vec<Diagnostic>> {
     let program = session.load(file, &opts.overrides)?;
     run_program(session, &program, opts)
 }
 
-pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> Result<RunOutcome, Vec<Diagnostic>> {
+pub fn run_program(
+    session: &Session,
+    program: &Program,
+    opts: &RunOptions,
+) -> Result<RunOutcome, Vec<Diagnostic>> {
     let start = Instant::now();
     let mut settings = session.settings(program);
     if let Some(d) = &opts.device {
@@ -64,7 +74,8 @@ pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> R
     }
     settings.device = device(&settings.device_name).map_err(|d| vec![d])?;
     settings.progress = opts.progress;
-    let store = Store::open(&opts.store).map_err(|e| vec![Diagnostic::global(e.code, e.message)])?;
+    let store =
+        Store::open(&opts.store).map_err(|e| vec![Diagnostic::global(e.code, e.message)])?;
     let mut fp = Fingerprinter::open(&store.fingerprint_file());
     let run_dir = opts.out.join(&program.name).join(timestamp());
     let progress = opts.progress;
@@ -80,7 +91,14 @@ pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> R
     } else {
         None
     };
-    let (mut ev, res) = session.evaluate(program, Mode::Run, Some(&store), &mut fp, settings.clone(), on_node);
+    let (mut ev, res) = session.evaluate(
+        program,
+        Mode::Run,
+        Some(&store),
+        &mut fp,
+        settings.clone(),
+        on_node,
+    );
     let mut errors = Vec::new();
     if let Err(d) = res.and_then(|_| ev.realise_all()) {
         errors.push(d);
@@ -96,9 +114,11 @@ pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> R
                     reports.push((name.clone(), Table::from_value(&v)));
                     let _ = span;
                 }),
-                Output::Save { value, path, span } => ev
-                    .force_deep(value)
-                    .and_then(|v| save(&v, Path::new(path)).map_err(|e| e.at_span(*span)).map(|_| saves.push(path.clone()))),
+                Output::Save { value, path, span } => ev.force_deep(value).and_then(|v| {
+                    save(&v, Path::new(path))
+                        .map_err(|e| e.at_span(*span))
+                        .map(|_| saves.push(path.clone()))
+                }),
                 Output::Expect { outcome, span } => {
                     if let ExpectOutcome::Failed { lhs, rhs } = outcome {
                         failed.push(expect_failure(session, *span, lhs.as_ref(), rhs.as_ref()));
@@ -118,27 +138,57 @@ pub fn run_program(session: &Session, program: &Program, opts: &RunOptions) -> R
     let cached = ev.cached();
     drop(ev);
     // The run record is written even when the run failed: it says how far it got.
-    let write = write_record(session, program, &run_dir, &settings, &nodes, &reports, &outputs, &failed, &errors, &saves, start.elapsed().as_secs_f64());
+    let write = write_record(
+        session,
+        program,
+        &run_dir,
+        &settings,
+        &nodes,
+        &reports,
+        &outputs,
+        &failed,
+        &errors,
+        &saves,
+        start.elapsed().as_secs_f64(),
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
     write.map_err(|e| vec![Diagnostic::global(e.code, e.message)])?;
-    Ok(RunOutcome { executed, cached, nodes, run_dir, reports, failed })
+    Ok(RunOutcome {
+        executed,
+        cached,
+        nodes,
+        run_dir,
+        reports,
+        failed,
+    })
 }
 
 fn fp_save(fp: &mut Fingerprinter) -> Result<(), OpError> {
     fp.save()
 }
 
-fn expect_failure(session: &Session, span: crate::source::Span, lhs: Option<&Value>, rhs: Option<&Value>) -> Diagnostic {
+fn expect_failure(
+    session: &Session,
+    span: crate::source::Span,
+    lhs: Option<&Value>,
+    rhs: Option<&Value>,
+) -> Diagnostic {
     let claim = session.sources.snippet(span).to_string();
     let values = match (lhs, rhs) {
         (Some(l), Some(r)) => format!("left side = {}, right side = {}", l.display(), r.display()),
         _ => "the claim evaluated to false".to_string(),
     };
-    Diagnostic::error("smelt::run::expect_failed", format!("expectation failed: {claim}"), span)
-        .with_label(values.clone())
-        .with_help(format!("{values}; the claim does not hold for these results"))
+    Diagnostic::error(
+        "smelt::run::expect_failed",
+        format!("expectation failed: {claim}"),
+        span,
+    )
+    .with_label(values.clone())
+    .with_help(format!(
+        "{values}; the claim does not hold for these results"
+    ))
 }
 
 /// Save a realised value: a model as an HF directory, a table as CSV/JSON/Markdown.
@@ -147,7 +197,10 @@ pub fn save(v: &Value, dest: &Path) -> Result<(), OpError> {
         Value::Artifact(a) if a.kind == Kind::Model => copy_dir_atomic(&a.dir, dest),
         Value::Artifact(a) if a.kind == Kind::Table => write_table(&Table::from_value(v), dest),
         Value::Record(_) | Value::List(_) => write_table(&Table::from_value(v), dest),
-        other => Err(OpError::new("smelt::run::cannot_save", format!("cannot save {}", other.display()))),
+        other => Err(OpError::new(
+            "smelt::run::cannot_save",
+            format!("cannot save {}", other.display()),
+        )),
     }
 }
 
@@ -163,18 +216,38 @@ fn write_table(t: &Table, dest: &Path) -> Result<(), OpError> {
 
 /// Copy a directory to `dest` via a temporary sibling and a rename.
 fn copy_dir_atomic(src: &Path, dest: &Path) -> Result<(), OpError> {
-    let name = dest.file_name().ok_or_else(|| OpError::new("smelt::run::save", format!("`{}` is not a directory name", dest.display())))?;
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().ok_or_else(|| {
+        OpError::new(
+            "smelt::run::save",
+            format!("`{}` is not a directory name", dest.display()),
+        )
+    })?;
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     copy_tree(src, &tmp)?;
     if dest.exists() {
-        let is_model = dest.join("config.json").exists() || std::fs::read_dir(dest).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let is_model = dest.join("config.json").exists()
+            || std::fs::read_dir(dest)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
         if !is_model {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(OpError::new("smelt::run::save", format!("`{}` exists and is not a model directory", dest.display()))
-                .with_help("choose another path; smelt only replaces model directories it could have written"));
+            return Err(OpError::new(
+                "smelt::run::save",
+                format!("`{}` exists and is not a model directory", dest.display()),
+            )
+            .with_help(
+                "choose another path; smelt only replaces model directories it could have written",
+            ));
         }
         std::fs::remove_dir_all(dest)?;
     }
@@ -214,12 +287,20 @@ fn write_record(
     for (name, t) in reports {
         crate::cache::atomic_write(&dir.join(format!("{name}.md")), t.to_markdown().as_bytes())?;
         crate::cache::atomic_write(&dir.join(format!("{name}.csv")), t.to_csv().as_bytes())?;
-        crate::cache::atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t.to_json()).unwrap_or_default().as_bytes())?;
+        crate::cache::atomic_write(
+            &dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&t.to_json())
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
     }
     let src = session.sources.get(program.main);
     let line_of = |span: crate::source::Span| {
         let f = session.sources.get(span.file);
-        let line = f.text[..(span.lo as usize).min(f.text.len())].matches('\n').count() + 1;
+        let line = f.text[..(span.lo as usize).min(f.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
         format!("{}:{line}", f.name)
     };
     let expects: Vec<_> = outputs
@@ -263,12 +344,19 @@ fn write_record(
         "saved": saves,
         "expects": expects,
     });
-    crate::cache::atomic_write(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).unwrap_or_default().as_bytes())
+    crate::cache::atomic_write(
+        &dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
 }
 
 /// `YYYY-MM-DD_HH-MM-SS` (UTC) plus milliseconds, so two runs in one second do not collide.
 pub fn timestamp() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (H. Hinnant's algorithm).
@@ -293,9 +381,13 @@ pub fn timestamp() -> String {
 /// Keys referenced by the latest run of every experiment under `runs` (kept by `cache gc`).
 pub fn live_keys(runs: &Path) -> std::collections::HashSet<String> {
     let mut keep = std::collections::HashSet::new();
-    let Ok(exps) = std::fs::read_dir(runs) else { return keep };
+    let Ok(exps) = std::fs::read_dir(runs) else {
+        return keep;
+    };
     for exp in exps.flatten() {
-        let Ok(rs) = std::fs::read_dir(exp.path()) else { continue };
+        let Ok(rs) = std::fs::read_dir(exp.path()) else {
+            continue;
+        };
         let mut dirs: Vec<PathBuf> = rs.flatten().map(|e| e.path()).collect();
         dirs.sort();
         if let Some(latest) = dirs.last() {

@@ -39,20 +39,37 @@ impl Default for Session {
 
 impl Session {
     pub fn new() -> Session {
-        Session { sources: SourceMap::new(), reg: builtin_registry(), env: CheckEnv::default() }
+        Session {
+            sources: SourceMap::new(),
+            reg: builtin_registry(),
+            env: CheckEnv::default(),
+        }
     }
 
     /// Read, parse, override and check a program file.
-    pub fn load(&mut self, path: &Path, overrides: &[(String, String)]) -> Result<Program, Vec<Diagnostic>> {
+    pub fn load(
+        &mut self,
+        path: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<Program, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic::global("smelt::io::missing_file", format!("cannot read `{}`: {e}", path.display()))
-                .with_help("give the path of an existing .exp file")]
+            vec![Diagnostic::global(
+                "smelt::io::missing_file",
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+            .with_help("give the path of an existing .exp file")]
         })?;
         self.load_source(&path.display().to_string(), &text, path, overrides)
     }
 
     /// Like [`Session::load`] with the text given (tests, REPL `:load`).
-    pub fn load_source(&mut self, name: &str, text: &str, path: &Path, overrides: &[(String, String)]) -> Result<Program, Vec<Diagnostic>> {
+    pub fn load_source(
+        &mut self,
+        name: &str,
+        text: &str,
+        path: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<Program, Vec<Diagnostic>> {
         let main = self.sources.add(name, text);
         let mut module = crate::syntax::parse(main, text).map_err(|d| vec![d])?;
         let mut modules = Vec::new();
@@ -66,13 +83,21 @@ impl Session {
         // Check dependencies first so their bindings are in scope.
         let std_names = crate::stdlib::names();
         for m in &modules {
-            let opts = CheckOptions { allow_expr_stmts: false, std_modules: &std_names, allow_rebind: true };
+            let opts = CheckOptions {
+                allow_expr_stmts: false,
+                std_modules: &std_names,
+                allow_rebind: true,
+            };
             diags.extend(check_module(&self.reg, &mut self.env, m, opts));
         }
         if !overrides.is_empty() {
             // Type the original bindings first, so an override can be compared with them.
             let mut probe = self.env.clone();
-            let opts = CheckOptions { allow_expr_stmts: false, std_modules: &std_names, allow_rebind: false };
+            let opts = CheckOptions {
+                allow_expr_stmts: false,
+                std_modules: &std_names,
+                allow_rebind: false,
+            };
             let _ = check_module(&self.reg, &mut probe, &module, opts);
             for (k, v) in overrides {
                 if let Err(d) = self.apply_override(&mut module, &mut probe, k, v) {
@@ -80,18 +105,38 @@ impl Session {
                 }
             }
         }
-        let opts = CheckOptions { allow_expr_stmts: false, std_modules: &std_names, allow_rebind: false };
+        let opts = CheckOptions {
+            allow_expr_stmts: false,
+            std_modules: &std_names,
+            allow_rebind: false,
+        };
         diags.extend(check_module(&self.reg, &mut self.env, &module, opts));
         if diags.iter().any(|d| d.is_error()) {
             return Err(diags);
         }
-        let name = config_name(&module)
-            .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "experiment".into()));
+        let name = config_name(&module).unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "experiment".into())
+        });
         modules.push(module);
-        Ok(Program { main, path: path.to_path_buf(), modules, name, overrides: overrides.to_vec() })
+        Ok(Program {
+            main,
+            path: path.to_path_buf(),
+            modules,
+            name,
+            overrides: overrides.to_vec(),
+        })
     }
 
-    fn resolve_deps(&mut self, module: &Module, base: &Path, out: &mut Vec<Module>, seen: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    fn resolve_deps(
+        &mut self,
+        module: &Module,
+        base: &Path,
+        out: &mut Vec<Module>,
+        seen: &mut Vec<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
         for s in &module.stmts {
             match &s.kind {
                 StmtKind::Use { path } if path.len() == 2 && path[0].name == "std" => {
@@ -115,9 +160,15 @@ impl Session {
                 }
                 StmtKind::Import { path } => {
                     let ExprKind::Str(p) = &path.kind else {
-                        diags.push(Diagnostic::error("smelt::check::import_path", "an import path must be a string literal", path.span)
+                        diags.push(
+                            Diagnostic::error(
+                                "smelt::check::import_path",
+                                "an import path must be a string literal",
+                                path.span,
+                            )
                             .with_label("not a literal")
-                            .with_help("write `import \"other.exp\"`"));
+                            .with_help("write `import \"other.exp\"`"),
+                        );
                         continue;
                     };
                     let full = base.join(p);
@@ -130,7 +181,8 @@ impl Session {
                             let id = self.sources.add(full.display().to_string(), text.as_str());
                             match crate::syntax::parse(id, &text) {
                                 Ok(m) => {
-                                    let dir = full.parent().map(Path::to_path_buf).unwrap_or_default();
+                                    let dir =
+                                        full.parent().map(Path::to_path_buf).unwrap_or_default();
                                     self.resolve_deps(&m, &dir, out, seen, diags);
                                     out.push(m);
                                 }
@@ -138,9 +190,13 @@ impl Session {
                             }
                         }
                         Err(e) => diags.push(
-                            Diagnostic::error("smelt::io::missing_file", format!("cannot import `{}`: {e}", full.display()), path.span)
-                                .with_label("imported here")
-                                .with_help("import paths are relative to the importing file"),
+                            Diagnostic::error(
+                                "smelt::io::missing_file",
+                                format!("cannot import `{}`: {e}", full.display()),
+                                path.span,
+                            )
+                            .with_label("imported here")
+                            .with_help("import paths are relative to the importing file"),
                         ),
                     }
                 }
@@ -150,17 +206,30 @@ impl Session {
     }
 
     /// Replace a top-level `let` (or a `config` key) by a `--set name=value` expression.
-    fn apply_override(&mut self, module: &mut Module, probe: &mut CheckEnv, name: &str, raw: &str) -> Result<(), Diagnostic> {
+    fn apply_override(
+        &mut self,
+        module: &mut Module,
+        probe: &mut CheckEnv,
+        name: &str,
+        raw: &str,
+    ) -> Result<(), Diagnostic> {
         let file = self.sources.add(format!("--set {name}"), raw);
         let parsed = crate::syntax::parse_expr(file, raw).ok();
         let whole = Span::new(file, 0, raw.len());
         // A bare word (or anything that does not parse) is taken as a string.
         let expr = match parsed {
-            Some(Expr { kind: ExprKind::Name(n), .. }) if !probe.globals.contains_key(&n.name) => {
-                Expr { kind: ExprKind::Str(raw.to_string()), span: whole }
-            }
+            Some(Expr {
+                kind: ExprKind::Name(n),
+                ..
+            }) if !probe.globals.contains_key(&n.name) => Expr {
+                kind: ExprKind::Str(raw.to_string()),
+                span: whole,
+            },
             Some(e) => e,
-            None => Expr { kind: ExprKind::Str(raw.to_string()), span: whole },
+            None => Expr {
+                kind: ExprKind::Str(raw.to_string()),
+                span: whole,
+            },
         };
         let mut names = Vec::new();
         for s in module.stmts.iter_mut() {
@@ -198,12 +267,27 @@ impl Session {
         if ["seed", "device", "dtype", "name"].contains(&name) {
             // A config key the file does not set: add it.
             let span = expr.span;
-            let ident = crate::syntax::ast::Ident { name: name.into(), span };
-            module.stmts.insert(0, crate::syntax::ast::Stmt { kind: StmtKind::Config { entries: vec![(ident, expr)] }, span });
+            let ident = crate::syntax::ast::Ident {
+                name: name.into(),
+                span,
+            };
+            module.stmts.insert(
+                0,
+                crate::syntax::ast::Stmt {
+                    kind: StmtKind::Config {
+                        entries: vec![(ident, expr)],
+                    },
+                    span,
+                },
+            );
             return Ok(());
         }
-        let mut d = Diagnostic::error("smelt::check::unknown_set", format!("`--set {name}`: the program has no top-level `let {name}`"), whole)
-            .with_label("not a binding of this program");
+        let mut d = Diagnostic::error(
+            "smelt::check::unknown_set",
+            format!("`--set {name}`: the program has no top-level `let {name}`"),
+            whole,
+        )
+        .with_label("not a binding of this program");
         d = match did_you_mean(name, names.iter().map(|s| s.as_str())) {
             Some(s) => d.with_help(format!("did you mean `--set {s}=…`?")),
             None => d.with_help(format!("settable names: {}", names.join(", "))),
@@ -261,10 +345,15 @@ impl Session {
 
 fn config_name(m: &Module) -> Option<String> {
     m.stmts.iter().find_map(|s| match &s.kind {
-        StmtKind::Config { entries } => entries.iter().find(|(k, _)| k.name == "name").and_then(|(_, v)| match &v.kind {
-            ExprKind::Str(s) => Some(s.clone()),
-            _ => None,
-        }),
+        StmtKind::Config { entries } => {
+            entries
+                .iter()
+                .find(|(k, _)| k.name == "name")
+                .and_then(|(_, v)| match &v.kind {
+                    ExprKind::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+        }
         _ => None,
     })
 }
@@ -276,12 +365,18 @@ pub fn device(name: &str) -> Result<candle_core::Device, Diagnostic> {
         "cpu" => Ok(candle_core::Device::Cpu),
         "auto" => Ok(candle_core::Device::cuda_if_available(0).unwrap_or(candle_core::Device::Cpu)),
         d if d.starts_with("cuda") => {
-            let idx: usize = d.strip_prefix("cuda:").and_then(|i| i.parse().ok()).unwrap_or(0);
+            let idx: usize = d
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
             candle_core::Device::new_cuda(idx).map_err(|e| {
                 Diagnostic::global("smelt::run::device", format!("cannot use `{d}`: {e}"))
                     .with_help("build with `--features cuda` on a machine with an NVIDIA GPU, or use --device cpu")
             })
         }
-        other => Err(Diagnostic::global("smelt::run::device", format!("unknown device `{other}`")).with_help("use cpu, cuda, cuda:N or auto")),
+        other => Err(
+            Diagnostic::global("smelt::run::device", format!("unknown device `{other}`"))
+                .with_help("use cpu, cuda, cuda:N or auto"),
+        ),
     }
 }

@@ -51,11 +51,23 @@ pub struct Param {
 
 impl Param {
     pub const fn req(name: &'static str, ty: Ty, doc: &'static str) -> Param {
-        Param { name, ty, default: None, doc, range: None }
+        Param {
+            name,
+            ty,
+            default: None,
+            doc,
+            range: None,
+        }
     }
 
     pub const fn opt(name: &'static str, ty: Ty, default: Const, doc: &'static str) -> Param {
-        Param { name, ty, default: Some(default), doc, range: None }
+        Param {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+            range: None,
+        }
     }
 
     pub const fn range(mut self, lo: f64, hi: f64) -> Param {
@@ -124,7 +136,12 @@ impl Signature {
                 None => format!("{}: {}", p.name, p.ty),
             })
             .collect();
-        format!("{}({}) -> {}", self.call_syntax(), params.join(", "), self.returns)
+        format!(
+            "{}({}) -> {}",
+            self.call_syntax(),
+            params.join(", "),
+            self.returns
+        )
     }
 
     /// How the call is written in a program: `merge linear` or `len`.
@@ -132,7 +149,6 @@ impl Signature {
         self.id.replacen('.', " ", 1)
     }
 }
-
 
 /// Looks up signatures by id (implemented by `ops::Registry`).
 pub trait SigLookup {

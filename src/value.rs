@@ -155,14 +155,23 @@ impl Value {
             Value::Str(s) => format!("{s:?}"),
             Value::None => "none".into(),
             Value::List(xs) => {
-                format!("[{}]", xs.iter().map(Value::display).collect::<Vec<_>>().join(", "))
+                format!(
+                    "[{}]",
+                    xs.iter().map(Value::display).collect::<Vec<_>>().join(", ")
+                )
             }
             Value::Tuple(xs) => {
-                format!("({})", xs.iter().map(Value::display).collect::<Vec<_>>().join(", "))
+                format!(
+                    "({})",
+                    xs.iter().map(Value::display).collect::<Vec<_>>().join(", ")
+                )
             }
             Value::Record(r) => format!(
                 "{{{}}}",
-                r.iter().map(|(k, v)| format!("{k}: {}", v.display())).collect::<Vec<_>>().join(", ")
+                r.iter()
+                    .map(|(k, v)| format!("{k}: {}", v.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Value::Node(n) => format!("<{} {}>", n.ty, n.key.short()),
             Value::Artifact(a) => match a.kind {
@@ -181,7 +190,10 @@ pub fn fmt_float(x: f64) -> String {
     if x == 0.0 || (x.abs() >= 1e-3 && x.abs() < 1e7) {
         let s = format!("{x:.4}");
         let s = s.trim_end_matches('0');
-        let s = s.strip_suffix('.').map(|p| format!("{p}.0")).unwrap_or_else(|| s.to_string());
+        let s = s
+            .strip_suffix('.')
+            .map(|p| format!("{p}.0"))
+            .unwrap_or_else(|| s.to_string());
         s
     } else {
         format!("{x:.4e}")

@@ -43,15 +43,27 @@ fn every_signature_example_type_checks() {
         assert!(!sig.examples.is_empty(), "`{}` has no example", sig.id);
         assert!(!sig.summary.is_empty(), "`{}` has no summary", sig.id);
         for p in sig.params {
-            assert!(!p.doc.is_empty(), "`{}` parameter `{}` has no doc", sig.id, p.name);
+            assert!(
+                !p.doc.is_empty(),
+                "`{}` parameter `{}` has no doc",
+                sig.id,
+                p.name
+            );
         }
-        let valid_id = sig.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        let valid_id = sig
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
             && sig.id.matches('.').count() <= 1;
         assert!(valid_id, "bad operator id `{}`", sig.id);
         for ex in sig.examples {
             let mut s = Session::new();
             if let Err(diags) = s.load_source("example.exp", ex, Path::new("example.exp"), &[]) {
-                panic!("example of `{}` does not check:\n{}", sig.id, render_all(&diags, &s.sources, false, 80));
+                panic!(
+                    "example of `{}` does not check:\n{}",
+                    sig.id,
+                    render_all(&diags, &s.sources, false, 80)
+                );
             }
             n += 1;
         }
@@ -66,7 +78,11 @@ fn shipped_experiments_check() {
         if path.extension().is_some_and(|e| e == "exp") {
             let mut s = Session::new();
             if let Err(diags) = s.load(&path, &[]) {
-                panic!("{} does not check:\n{}", path.display(), render_all(&diags, &s.sources, false, 80));
+                panic!(
+                    "{} does not check:\n{}",
+                    path.display(),
+                    render_all(&diags, &s.sources, false, 80)
+                );
             }
         }
     }

@@ -18,13 +18,19 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().unwrap() }
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
     fn opts(&self) -> RunOptions {
-        RunOptions { store: self.path("store"), out: self.path("runs"), ..Default::default() }
+        RunOptions {
+            store: self.path("store"),
+            out: self.path("runs"),
+            ..Default::default()
+        }
     }
     fn write(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path(name);
@@ -79,24 +85,43 @@ fn second_run_executes_nothing_and_one_change_reruns_downstream_only() {
     // Changing the first copy's noise re-runs a, soup and d — not the load, not b.
     let f2 = t.write("p.exp", &program("0.02", &out));
     let third = run_ok(&f2, &t.opts());
-    let ran: Vec<&str> = third.nodes.iter().filter(|n| matches!(n.status, Status::Ran { .. })).map(|n| n.op).collect();
-    assert_eq!(ran, vec!["model.perturb", "merge.average", "measure.distance"]);
+    let ran: Vec<&str> = third
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.status, Status::Ran { .. }))
+        .map(|n| n.op)
+        .collect();
+    assert_eq!(
+        ran,
+        vec!["model.perturb", "merge.average", "measure.distance"]
+    );
     assert_eq!(third.cached, 2);
     // The saved directory loads and carries provenance.
     let saved = ModelDir::open(&out).unwrap();
-    assert!(saved.metadata().get("smelt.op").is_some_and(|v| v.starts_with("merge.average@")));
+    assert!(saved
+        .metadata()
+        .get("smelt.op")
+        .is_some_and(|v| v.starts_with("merge.average@")));
     // The manifest records node keys, seeds and versions.
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(third.run_dir.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(third.run_dir.join("manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["nodes"].as_array().unwrap().len(), 5);
     assert!(manifest["nodes"][1]["seed"].as_u64().is_some());
-    assert!(third.run_dir.join("d.csv").exists() && third.run_dir.join("d.md").exists() && third.run_dir.join("d.json").exists());
+    assert!(
+        third.run_dir.join("d.csv").exists()
+            && third.run_dir.join("d.md").exists()
+            && third.run_dir.join("d.json").exists()
+    );
 }
 
 /// Keys of all nodes of a program, computed without running it (plan mode on an empty store).
 fn plan_keys(text: &str) -> Vec<String> {
     let mut s = Session::new();
-    let p = s.load_source("k.exp", text, Path::new("k.exp"), &[]).map_err(|d| render_all(&d, &s.sources, false, 80)).unwrap();
+    let p = s
+        .load_source("k.exp", text, Path::new("k.exp"), &[])
+        .map_err(|d| render_all(&d, &s.sources, false, 80))
+        .unwrap();
     let mut fp = smelt::cache::Fingerprinter::in_memory();
     let settings = s.settings(&p);
     let (ev, res) = s.evaluate(&p, Mode::Plan, None, &mut fp, settings, None);
@@ -156,15 +181,26 @@ save p to "{p}"
         let d = ModelDir::open(t.path(name)).unwrap();
         for tensor in orig.tensors().keys() {
             let (a, b) = (orig.read_raw(tensor).unwrap(), d.read_raw(tensor).unwrap());
-            assert_eq!(d.info(tensor).unwrap().dtype, orig.info(tensor).unwrap().dtype, "{name}: {tensor} dtype");
+            assert_eq!(
+                d.info(tensor).unwrap().dtype,
+                orig.info(tensor).unwrap().dtype,
+                "{name}: {tensor} dtype"
+            );
             let first_diff = a.iter().zip(b).position(|(x, y)| x != y);
-            assert!(a.len() == b.len() && first_diff.is_none(), "{name}: {tensor} differs bitwise at byte {first_diff:?}");
+            assert!(
+                a.len() == b.len() && first_diff.is_none(),
+                "{name}: {tensor} differs bitwise at byte {first_diff:?}"
+            );
         }
     }
     let p = ModelDir::open(t.path("p")).unwrap();
     let avg = ModelDir::open(t.path("avg")).unwrap();
     for tensor in orig.tensors().keys() {
-        let (x, y, z) = (orig.read_f32(tensor).unwrap(), p.read_f32(tensor).unwrap(), avg.read_f32(tensor).unwrap());
+        let (x, y, z) = (
+            orig.read_f32(tensor).unwrap(),
+            p.read_f32(tensor).unwrap(),
+            avg.read_f32(tensor).unwrap(),
+        );
         let bad = (0..x.len()).find(|&i| z[i] != (x[i] + y[i]) * 0.5);
         assert!(bad.is_none(), "{tensor}: average differs at {bad:?}");
     }
@@ -195,7 +231,9 @@ fn check_rejects_mismatched_merge_from_headers_only() {
     mismatched_copy(&t.path("bad"));
     let text = format!("let a = load model(\"{MODEL}\")\nlet b = load model(\"{}\")\nlet m = merge average([a, b])\n", t.path("bad").display());
     let mut s = Session::new();
-    let p = s.load_source("mm.exp", &text, Path::new("mm.exp"), &[]).unwrap();
+    let p = s
+        .load_source("mm.exp", &text, Path::new("mm.exp"), &[])
+        .unwrap();
     let mut fp = smelt::cache::Fingerprinter::in_memory();
     let settings = s.settings(&p);
     let (ev, res) = s.evaluate(&p, Mode::Check, None, &mut fp, settings, None);
@@ -211,52 +249,113 @@ fn check_rejects_mismatched_merge_from_headers_only() {
 fn bad_inputs_are_clear_errors_with_spans() {
     let t = Scratch::new();
     // Missing directory.
-    let f = t.write("missing.exp", "let m = load model(\"no/such/model\")\nreport m.parameters as \"p\"\n");
+    let f = t.write(
+        "missing.exp",
+        "let m = load model(\"no/such/model\")\nreport m.parameters as \"p\"\n",
+    );
     let e = run_err(&f, &t.opts());
-    assert!(e.contains("smelt::io::missing_file") && e.contains("load model(\"no/such/model\")"), "{e}");
+    assert!(
+        e.contains("smelt::io::missing_file") && e.contains("load model(\"no/such/model\")"),
+        "{e}"
+    );
     // Truncated safetensors header.
     std::fs::create_dir_all(t.path("trunc")).unwrap();
-    std::fs::copy(Path::new(MODEL).join("config.json"), t.path("trunc/config.json")).unwrap();
+    std::fs::copy(
+        Path::new(MODEL).join("config.json"),
+        t.path("trunc/config.json"),
+    )
+    .unwrap();
     std::fs::write(t.path("trunc/model.safetensors"), [0x10, 0, 0]).unwrap();
-    let f = t.write("trunc.exp", &format!("let m = load model(\"{}\")\nreport m.parameters as \"p\"\n", t.path("trunc").display()));
+    let f = t.write(
+        "trunc.exp",
+        &format!(
+            "let m = load model(\"{}\")\nreport m.parameters as \"p\"\n",
+            t.path("trunc").display()
+        ),
+    );
     let e = run_err(&f, &t.opts());
     assert!(e.contains("smelt::io::corrupt_safetensors"), "{e}");
     // Wrong data length: header promises more bytes than the file has.
     let bytes = std::fs::read(Path::new(MODEL).join("model.safetensors")).unwrap();
-    std::fs::write(t.path("trunc/model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    std::fs::write(
+        t.path("trunc/model.safetensors"),
+        &bytes[..bytes.len() - 100],
+    )
+    .unwrap();
     let e = run_err(&f, &t.opts());
     assert!(e.contains("smelt::io::corrupt_safetensors"), "{e}");
     // Mismatched shapes at run time too.
     mismatched_copy(&t.path("bad"));
     let f = t.write("mm.exp", &format!("let a = load model(\"{MODEL}\")\nlet b = load model(\"{}\")\nlet m = merge linear([a, b], [0.5, 0.5])\nreport m.parameters as \"p\"\n", t.path("bad").display()));
     let e = run_err(&f, &t.opts());
-    assert!(e.contains("smelt::check::incompatible_models") && e.contains("merge linear([a, b], [0.5, 0.5])"), "{e}");
+    assert!(
+        e.contains("smelt::check::incompatible_models")
+            && e.contains("merge linear([a, b], [0.5, 0.5])"),
+        "{e}"
+    );
     // A run-time zip of unequal lists points at the call.
     let f = t.write("zip.exp", "let xs = [i for i in range(3) if i > 0]\nlet z = zip(xs, [1, 2, 3])\nreport len(z) as \"n\"\n");
     let e = run_err(&f, &t.opts());
-    assert!(e.contains("smelt::run::length_mismatch") && e.contains("zip(xs, [1, 2, 3])"), "{e}");
+    assert!(
+        e.contains("smelt::run::length_mismatch") && e.contains("zip(xs, [1, 2, 3])"),
+        "{e}"
+    );
 }
 
 #[test]
 fn set_overrides_are_typed() {
     let t = Scratch::new();
-    let f = t.write("s.exp", "let profile = \"small\"\nlet n = 3\nreport {p: profile, n: n} as \"r\"\n");
-    let o = run_ok(&f, &RunOptions { overrides: vec![("profile".into(), "full".into()), ("n".into(), "5".into())], ..t.opts() });
-    assert_eq!(o.reports[0].1.rows[0], vec![smelt::value::Value::str("full"), smelt::value::Value::Int(5)]);
-    let e = run_err(&f, &RunOptions { overrides: vec![("n".into(), "many".into())], ..t.opts() });
+    let f = t.write(
+        "s.exp",
+        "let profile = \"small\"\nlet n = 3\nreport {p: profile, n: n} as \"r\"\n",
+    );
+    let o = run_ok(
+        &f,
+        &RunOptions {
+            overrides: vec![("profile".into(), "full".into()), ("n".into(), "5".into())],
+            ..t.opts()
+        },
+    );
+    assert_eq!(
+        o.reports[0].1.rows[0],
+        vec![
+            smelt::value::Value::str("full"),
+            smelt::value::Value::Int(5)
+        ]
+    );
+    let e = run_err(
+        &f,
+        &RunOptions {
+            overrides: vec![("n".into(), "many".into())],
+            ..t.opts()
+        },
+    );
     assert!(e.contains("smelt::check::set_type"), "{e}");
-    let e = run_err(&f, &RunOptions { overrides: vec![("profil".into(), "x".into())], ..t.opts() });
+    let e = run_err(
+        &f,
+        &RunOptions {
+            overrides: vec![("profil".into(), "x".into())],
+            ..t.opts()
+        },
+    );
     assert!(e.contains("did you mean `--set profile=…`"), "{e}");
 }
 
 #[test]
 fn failed_expect_exits_with_both_values() {
     let t = Scratch::new();
-    let f = t.write("e.exp", "let a = 0.5\nexpect a + 0.25 >= 1.0 within 0.1\nexpect a == 0.5\n");
+    let f = t.write(
+        "e.exp",
+        "let a = 0.5\nexpect a + 0.25 >= 1.0 within 0.1\nexpect a == 0.5\n",
+    );
     let o = run_ok(&f, &t.opts());
     assert_eq!(o.failed.len(), 1);
     let d = &o.failed[0];
-    assert!(d.label.contains("left side = 0.75") && d.label.contains("right side = 1.0"), "{}", d.label);
+    assert!(
+        d.label.contains("left side = 0.75") && d.label.contains("right side = 1.0"),
+        "{}",
+        d.label
+    );
 }
 
 /// Run the binary, kill it with SIGKILL once some objects exist, resume, and compare with an
@@ -275,7 +374,15 @@ fn killed_run_resumes_to_identical_results() {
     let mut killed_with = 0;
     for attempt in 0..3 {
         let mut child = std::process::Command::new(bin)
-            .args(["run", f.to_str().unwrap(), "-q", "--store", store.to_str().unwrap(), "--out", t.path("runs").to_str().unwrap()])
+            .args([
+                "run",
+                f.to_str().unwrap(),
+                "-q",
+                "--store",
+                store.to_str().unwrap(),
+                "--out",
+                t.path("runs").to_str().unwrap(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -297,15 +404,33 @@ fn killed_run_resumes_to_identical_results() {
         killed_with = count_objects(&objects);
     }
     assert!(killed_with >= 1);
-    let resumed = run_ok(&f, &RunOptions { store, out: t.path("runs"), ..Default::default() });
-    let clean = run_ok(&f, &RunOptions { store: t.path("store-clean"), out: t.path("runs2"), ..Default::default() });
+    let resumed = run_ok(
+        &f,
+        &RunOptions {
+            store,
+            out: t.path("runs"),
+            ..Default::default()
+        },
+    );
+    let clean = run_ok(
+        &f,
+        &RunOptions {
+            store: t.path("store-clean"),
+            out: t.path("runs2"),
+            ..Default::default()
+        },
+    );
     assert_eq!(resumed.reports, clean.reports);
     assert!(resumed.cached >= killed_with.min(resumed.nodes.len()) - 1);
 }
 
 fn count_objects(objects: &Path) -> usize {
     std::fs::read_dir(objects)
-        .map(|rd| rd.flatten().map(|p| std::fs::read_dir(p.path()).map(|r| r.count()).unwrap_or(0)).sum())
+        .map(|rd| {
+            rd.flatten()
+                .map(|p| std::fs::read_dir(p.path()).map(|r| r.count()).unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -335,12 +460,18 @@ fn operator_reference_is_current() {
 #[test]
 fn library_comment_edits_do_not_change_keys() {
     let t = Scratch::new();
-    let main = format!("import \"lib.exp\"\nlet m = load model(\"{}\")\nlet x = blend(m, 0.25)\n", std::fs::canonicalize(MODEL).unwrap().display());
+    let main = format!(
+        "import \"lib.exp\"\nlet m = load model(\"{}\")\nlet x = blend(m, 0.25)\n",
+        std::fs::canonicalize(MODEL).unwrap().display()
+    );
     let keys = |lib: &str| {
         t.write("lib.exp", lib);
         let f = t.write("main.exp", &main);
         let mut s = Session::new();
-        let p = s.load(&f, &[]).map_err(|d| render_all(&d, &s.sources, false, 80)).unwrap();
+        let p = s
+            .load(&f, &[])
+            .map_err(|d| render_all(&d, &s.sources, false, 80))
+            .unwrap();
         let mut fp = smelt::cache::Fingerprinter::in_memory();
         let settings = s.settings(&p);
         let (ev, res) = s.evaluate(&p, Mode::Plan, None, &mut fp, settings, None);

@@ -44,12 +44,19 @@ impl Fingerprinter {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        Fingerprinter { memo, file: Some(file.to_path_buf()), dirty: false, bytes_hashed: 0 }
+        Fingerprinter {
+            memo,
+            file: Some(file.to_path_buf()),
+            dirty: false,
+            bytes_hashed: 0,
+        }
     }
 
     /// Persist the memo atomically (temp file + rename).
     pub fn save(&mut self) -> Result<(), OpError> {
-        let (Some(file), true) = (&self.file, self.dirty) else { return Ok(()) };
+        let (Some(file), true) = (&self.file, self.dirty) else {
+            return Ok(());
+        };
         let bytes = serde_json::to_vec(&self.memo).map_err(|e| OpError::msg(e.to_string()))?;
         super::atomic_write(file, &bytes)?;
         self.dirty = false;
@@ -79,7 +86,11 @@ impl Fingerprinter {
     fn file(&mut self, path: &Path) -> Result<Key, OpError> {
         let abs = std::fs::canonicalize(path).map_err(|e| missing(path, e))?;
         let meta = std::fs::metadata(&abs).map_err(|e| missing(path, e))?;
-        let stat = (meta.len(), meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128, meta.ino());
+        let stat = (
+            meta.len(),
+            meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            meta.ino(),
+        );
         if let Some(e) = self.memo.get(&abs) {
             if (e.size, e.mtime_ns, e.inode) == stat {
                 if let Some(k) = Key::from_hex(&e.hash) {
@@ -99,15 +110,26 @@ impl Fingerprinter {
             self.bytes_hashed += n as u64;
         }
         let k = Key(*h.finalize().as_bytes());
-        self.memo.insert(abs, Entry { size: stat.0, mtime_ns: stat.1, inode: stat.2, hash: k.hex() });
+        self.memo.insert(
+            abs,
+            Entry {
+                size: stat.0,
+                mtime_ns: stat.1,
+                inode: stat.2,
+                hash: k.hex(),
+            },
+        );
         self.dirty = true;
         Ok(k)
     }
 }
 
 fn missing(path: &Path, e: std::io::Error) -> OpError {
-    OpError::new("smelt::io::missing_file", format!("cannot read `{}`: {e}", path.display()))
-        .with_help("check the path (relative paths are resolved from the directory you run smelt in)")
+    OpError::new(
+        "smelt::io::missing_file",
+        format!("cannot read `{}`: {e}", path.display()),
+    )
+    .with_help("check the path (relative paths are resolved from the directory you run smelt in)")
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), OpError> {

@@ -132,7 +132,11 @@ impl KeyBuilder {
                 self.tag(b'n');
             }
             Value::List(xs) | Value::Tuple(xs) => {
-                self.tag(if matches!(v, Value::List(_)) { b'l' } else { b't' });
+                self.tag(if matches!(v, Value::List(_)) {
+                    b'l'
+                } else {
+                    b't'
+                });
                 self.h.update(&(xs.len() as u64).to_le_bytes());
                 for x in xs.iter() {
                     self.value(x);
@@ -192,7 +196,10 @@ mod tests {
         let mut b = crate::value::Record::new();
         b.insert("y".to_string(), Value::Int(2));
         b.insert("x".to_string(), Value::Int(1));
-        assert_eq!(key_of(&Value::Record(Arc::new(a))), key_of(&Value::Record(Arc::new(b))));
+        assert_eq!(
+            key_of(&Value::Record(Arc::new(a))),
+            key_of(&Value::Record(Arc::new(b)))
+        );
         let l1 = Value::list(vec![Value::Int(1), Value::Int(2)]);
         let l2 = Value::list(vec![Value::Int(2), Value::Int(1)]);
         assert_ne!(key_of(&l1), key_of(&l2));

@@ -43,11 +43,16 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, OpError> {
         for sub in ["objects", "tmp"] {
             std::fs::create_dir_all(root.join(sub)).map_err(|e| {
-                OpError::new("smelt::cache::open", format!("cannot create store at `{}`: {e}", root.display()))
-                    .with_help("pass a writable directory with --store or set SMELT_STORE")
+                OpError::new(
+                    "smelt::cache::open",
+                    format!("cannot create store at `{}`: {e}", root.display()),
+                )
+                .with_help("pass a writable directory with --store or set SMELT_STORE")
             })?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -81,20 +86,32 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = self.root.join("tmp").join(format!("{}-{}-{nanos}", key.short(), std::process::id()));
+        let dir =
+            self.root
+                .join("tmp")
+                .join(format!("{}-{}-{nanos}", key.short(), std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
 
     /// Finish an object: write `value.json` + `meta.json` into `tmp` and move it into place.
     /// Returns the value as read back from its final location.
-    pub fn commit(&self, key: &Key, tmp: &Path, value: &Value, meta: &Meta) -> Result<Value, OpError> {
+    pub fn commit(
+        &self,
+        key: &Key,
+        tmp: &Path,
+        value: &Value,
+        meta: &Meta,
+    ) -> Result<Value, OpError> {
         let json = value_to_json(value, tmp)?;
         let write = |name: &str, v: &serde_json::Value| -> Result<(), OpError> {
             let bytes = serde_json::to_vec_pretty(v).map_err(|e| OpError::msg(e.to_string()))?;
             atomic_write(&tmp.join(name), &bytes)
         };
-        write("meta.json", &serde_json::to_value(meta).map_err(|e| OpError::msg(e.to_string()))?)?;
+        write(
+            "meta.json",
+            &serde_json::to_value(meta).map_err(|e| OpError::msg(e.to_string()))?,
+        )?;
         // value.json last: its presence marks the object complete.
         write("value.json", &json)?;
         sync_dir(tmp);
@@ -120,8 +137,12 @@ impl Store {
         if let Some(parent) = dest.parent() {
             sync_dir(parent);
         }
-        self.lookup(key)
-            .ok_or_else(|| OpError::new("smelt::cache::commit", format!("object {} vanished after commit", key.short())))
+        self.lookup(key).ok_or_else(|| {
+            OpError::new(
+                "smelt::cache::commit",
+                format!("object {} vanished after commit", key.short()),
+            )
+        })
     }
 
     /// Drop a scratch directory (after a failed operator).
@@ -137,9 +158,13 @@ impl Store {
     /// All complete objects' metadata, sorted by creation time.
     pub fn list(&self) -> Vec<Meta> {
         let mut out = Vec::new();
-        let Ok(prefixes) = std::fs::read_dir(self.root.join("objects")) else { return out };
+        let Ok(prefixes) = std::fs::read_dir(self.root.join("objects")) else {
+            return out;
+        };
         for p in prefixes.flatten() {
-            let Ok(objs) = std::fs::read_dir(p.path()) else { continue };
+            let Ok(objs) = std::fs::read_dir(p.path()) else {
+                continue;
+            };
             for o in objs.flatten() {
                 if let Some(k) = Key::from_hex(&o.file_name().to_string_lossy()) {
                     if let (Some(m), true) = (self.meta(&k), o.path().join("value.json").exists()) {
@@ -184,7 +209,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), OpError> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
         std::process::id()
     ));
     {
@@ -203,9 +230,13 @@ fn sync_dir(dir: &Path) {
 }
 
 pub fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if meta.is_dir() {
-        std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0)
     } else {
         meta.len()
     }
@@ -236,7 +267,9 @@ mod tests {
         let key = Key::of_bytes(b"x");
         assert!(store.lookup(&key).is_none());
         let tmp = store.begin(&key).unwrap();
-        let v = store.commit(&key, &tmp, &Value::Float(0.25), &meta(&key)).unwrap();
+        let v = store
+            .commit(&key, &tmp, &Value::Float(0.25), &meta(&key))
+            .unwrap();
         assert_eq!(v, Value::Float(0.25));
         assert_eq!(store.lookup(&key), Some(Value::Float(0.25)));
         assert_eq!(store.list().len(), 1);
@@ -251,12 +284,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let key = Key::of_bytes(b"y");
         let tmp = store.begin(&key).unwrap();
-        store.commit(&key, &tmp, &Value::Int(3), &meta(&key)).unwrap();
+        store
+            .commit(&key, &tmp, &Value::Int(3), &meta(&key))
+            .unwrap();
         std::fs::write(store.object_dir(&key).join("value.json"), b"{trunc").unwrap();
         assert!(store.lookup(&key).is_none());
         // Recomputing replaces the damaged object.
         let tmp = store.begin(&key).unwrap();
-        store.commit(&key, &tmp, &Value::Int(3), &meta(&key)).unwrap();
+        store
+            .commit(&key, &tmp, &Value::Int(3), &meta(&key))
+            .unwrap();
         assert_eq!(store.lookup(&key), Some(Value::Int(3)));
     }
 }

@@ -24,7 +24,11 @@ pub fn value_to_json(v: &Value, obj_dir: &Path) -> Result<J, OpError> {
         Value::Bool(b) => json!(b),
         Value::Str(s) => json!(s.as_ref()),
         Value::None => J::Null,
-        Value::List(xs) => J::Array(xs.iter().map(|x| value_to_json(x, obj_dir)).collect::<Result<_, _>>()?),
+        Value::List(xs) => J::Array(
+            xs.iter()
+                .map(|x| value_to_json(x, obj_dir))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Tuple(xs) => {
             json!({ "tuple": xs.iter().map(|x| value_to_json(x, obj_dir)).collect::<Result<Vec<_>, _>>()? })
         }
@@ -44,7 +48,10 @@ pub fn value_to_json(v: &Value, obj_dir: &Path) -> Result<J, OpError> {
             json!({ "artifact": { "kind": a.kind, "key": a.key.hex(), "dir": dir, "data": a.data } })
         }
         Value::Node(_) | Value::Unknown(_) => {
-            return Err(OpError::new("smelt::internal", "an unrealised value cannot be stored"))
+            return Err(OpError::new(
+                "smelt::internal",
+                "an unrealised value cannot be stored",
+            ))
         }
     })
 }
@@ -55,15 +62,29 @@ pub fn value_from_json(j: &J, obj_dir: &Path) -> Result<Value, OpError> {
         J::Null => Value::None,
         J::Bool(b) => Value::Bool(*b),
         J::String(s) => Value::str(s),
-        J::Array(xs) => Value::list(xs.iter().map(|x| value_from_json(x, obj_dir)).collect::<Result<_, _>>()?),
+        J::Array(xs) => Value::list(
+            xs.iter()
+                .map(|x| value_from_json(x, obj_dir))
+                .collect::<Result<_, _>>()?,
+        ),
         J::Object(m) if m.len() == 1 => {
             let (tag, inner) = m.iter().next().ok_or_else(bad)?;
             match tag.as_str() {
                 "int" => Value::Int(inner.as_i64().ok_or_else(bad)?),
                 "float" => Value::Float(inner.as_f64().ok_or_else(bad)?),
-                "float_str" => Value::Float(inner.as_str().and_then(|s| s.parse().ok()).ok_or_else(bad)?),
+                "float_str" => Value::Float(
+                    inner
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(bad)?,
+                ),
                 "tuple" => Value::Tuple(Arc::new(
-                    inner.as_array().ok_or_else(bad)?.iter().map(|x| value_from_json(x, obj_dir)).collect::<Result<_, _>>()?,
+                    inner
+                        .as_array()
+                        .ok_or_else(bad)?
+                        .iter()
+                        .map(|x| value_from_json(x, obj_dir))
+                        .collect::<Result<_, _>>()?,
                 )),
                 "record" => {
                     let mut r = crate::value::Record::new();
@@ -73,15 +94,24 @@ pub fn value_from_json(j: &J, obj_dir: &Path) -> Result<Value, OpError> {
                     Value::Record(Arc::new(r))
                 }
                 "artifact" => {
-                    let kind: Kind = serde_json::from_value(inner["kind"].clone()).map_err(|_| bad())?;
-                    let key = inner["key"].as_str().and_then(Key::from_hex).ok_or_else(bad)?;
+                    let kind: Kind =
+                        serde_json::from_value(inner["kind"].clone()).map_err(|_| bad())?;
+                    let key = inner["key"]
+                        .as_str()
+                        .and_then(Key::from_hex)
+                        .ok_or_else(bad)?;
                     let dir = inner["dir"].as_str().ok_or_else(bad)?;
                     let dir = match dir.strip_prefix('.') {
                         Some("") => obj_dir.to_path_buf(),
                         Some(rest) if rest.starts_with('/') => obj_dir.join(&rest[1..]),
                         _ => dir.into(),
                     };
-                    Value::Artifact(Arc::new(Artifact { kind, dir, key, data: inner["data"].clone() }))
+                    Value::Artifact(Arc::new(Artifact {
+                        kind,
+                        dir,
+                        key,
+                        data: inner["data"].clone(),
+                    }))
                 }
                 _ => return Err(bad()),
             }
@@ -100,7 +130,12 @@ mod tests {
         let mut rec = crate::value::Record::new();
         rec.insert("acc".to_string(), Value::Float(0.5));
         rec.insert("n".to_string(), Value::Int(3));
-        let art = Artifact { kind: Kind::Model, dir: dir.join("model"), key: Key::of_bytes(b"m"), data: json!({"a": 1}) };
+        let art = Artifact {
+            kind: Kind::Model,
+            dir: dir.join("model"),
+            key: Key::of_bytes(b"m"),
+            data: json!({"a": 1}),
+        };
         let v = Value::list(vec![
             Value::Int(1),
             Value::Float(2.0),

@@ -1,6 +1,6 @@
 //! Statement and expression evaluation (plain values on the spot, operator calls → nodes).
 
-use super::{ExpectOutcome, Evaluator, Mode, Output};
+use super::{Evaluator, ExpectOutcome, Mode, Output};
 use crate::diag::{Diagnostic, OpError};
 use crate::ops::{Args, OpKind};
 use crate::syntax::ast::*;
@@ -14,7 +14,8 @@ use std::sync::Arc;
 pub(crate) const NEEDS_RUN: &str = "smelt::plan::needs_run";
 
 fn internal(msg: impl Into<String>, span: crate::source::Span) -> Diagnostic {
-    Diagnostic::error("smelt::eval::internal", msg, span).with_help("this is a bug in smelt's checker; please report it")
+    Diagnostic::error("smelt::eval::internal", msg, span)
+        .with_help("this is a bug in smelt's checker; please report it")
 }
 
 impl<'a> Evaluator<'a> {
@@ -33,33 +34,69 @@ impl<'a> Evaluator<'a> {
                 let v = self.eval(value)?;
                 self.globals.insert(name.name.clone(), v);
             }
-            StmtKind::Def { name, params, body, doc } => {
+            StmtKind::Def {
+                name,
+                params,
+                body,
+                doc,
+            } => {
                 self.defs.insert(
                     name.name.clone(),
-                    Arc::new(DefInfo { name: name.name.clone(), params: params.clone(), body: body.clone(), doc: doc.clone(), span: name.span }),
+                    Arc::new(DefInfo {
+                        name: name.name.clone(),
+                        params: params.clone(),
+                        body: body.clone(),
+                        doc: doc.clone(),
+                        span: name.span,
+                    }),
                 );
             }
             StmtKind::Use { .. } | StmtKind::Import { .. } | StmtKind::Config { .. } => {}
             StmtKind::Report { value, name } => {
                 let v = self.eval(value)?;
                 let name = match name {
-                    Some(n) => self.eval(n)?.as_str().map(String::from).unwrap_or_else(|| "report".into()),
-                    None => format!("report{}", self.outputs.iter().filter(|o| matches!(o, Output::Report { .. })).count() + 1),
+                    Some(n) => self
+                        .eval(n)?
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| "report".into()),
+                    None => format!(
+                        "report{}",
+                        self.outputs
+                            .iter()
+                            .filter(|o| matches!(o, Output::Report { .. }))
+                            .count()
+                            + 1
+                    ),
                 };
-                self.outputs.push(Output::Report { name, value: v, span: s.span });
+                self.outputs.push(Output::Report {
+                    name,
+                    value: v,
+                    span: s.span,
+                });
             }
             StmtKind::Save { value, path } => {
                 let v = self.eval(value)?;
                 let p = self.eval(path)?;
-                let path = p.as_str().map(String::from).ok_or_else(|| internal("save path is not a string", path.span))?;
-                self.outputs.push(Output::Save { value: v, path, span: s.span });
+                let path = p
+                    .as_str()
+                    .map(String::from)
+                    .ok_or_else(|| internal("save path is not a string", path.span))?;
+                self.outputs.push(Output::Save {
+                    value: v,
+                    path,
+                    span: s.span,
+                });
             }
             StmtKind::Plot { call, to: _ } => {
                 self.eval(call)?;
             }
             StmtKind::Expect { cond, within } => {
                 let outcome = self.expect(cond, within.as_ref())?;
-                self.outputs.push(Output::Expect { outcome, span: cond.span });
+                self.outputs.push(Output::Expect {
+                    outcome,
+                    span: cond.span,
+                });
             }
             StmtKind::Expr(e) => return self.eval(e).map(Some),
         }
@@ -75,7 +112,10 @@ impl<'a> Evaluator<'a> {
             None => 0.0,
         };
         if let ExprKind::Binary { op, lhs, rhs } = &cond.kind {
-            if matches!(op, BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge) {
+            if matches!(
+                op,
+                BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+            ) {
                 let l = self.eval_forced(lhs)?;
                 let r = self.eval_forced(rhs)?;
                 if l.is_unknown() || r.is_unknown() {
@@ -98,12 +138,22 @@ impl<'a> Evaluator<'a> {
                     },
                 };
                 let (lhs, rhs) = (Some(l), Some(r));
-                return Ok(if ok { ExpectOutcome::Passed { lhs, rhs } } else { ExpectOutcome::Failed { lhs, rhs } });
+                return Ok(if ok {
+                    ExpectOutcome::Passed { lhs, rhs }
+                } else {
+                    ExpectOutcome::Failed { lhs, rhs }
+                });
             }
         }
         Ok(match self.eval_forced(cond)? {
-            Value::Bool(true) => ExpectOutcome::Passed { lhs: None, rhs: None },
-            Value::Bool(false) => ExpectOutcome::Failed { lhs: None, rhs: None },
+            Value::Bool(true) => ExpectOutcome::Passed {
+                lhs: None,
+                rhs: None,
+            },
+            Value::Bool(false) => ExpectOutcome::Failed {
+                lhs: None,
+                rhs: None,
+            },
             _ => ExpectOutcome::Unknown,
         })
     }
@@ -130,8 +180,15 @@ impl<'a> Evaluator<'a> {
             ExprKind::Bool(b) => Value::Bool(*b),
             ExprKind::Str(s) => Value::str(s),
             ExprKind::None => Value::None,
-            ExprKind::Name(n) => self.lookup(&n.name).ok_or_else(|| internal(format!("unbound `{}`", n.name), n.span))?,
-            ExprKind::List(items) => Value::list(items.iter().map(|x| self.eval(x)).collect::<Result<_, _>>()?),
+            ExprKind::Name(n) => self
+                .lookup(&n.name)
+                .ok_or_else(|| internal(format!("unbound `{}`", n.name), n.span))?,
+            ExprKind::List(items) => Value::list(
+                items
+                    .iter()
+                    .map(|x| self.eval(x))
+                    .collect::<Result<_, _>>()?,
+            ),
             ExprKind::Record(fields) => {
                 let mut r = crate::value::Record::new();
                 for (k, v) in fields {
@@ -139,7 +196,12 @@ impl<'a> Evaluator<'a> {
                 }
                 Value::Record(Arc::new(r))
             }
-            ExprKind::Comprehension { body, pattern, iter, cond } => {
+            ExprKind::Comprehension {
+                body,
+                pattern,
+                iter,
+                cond,
+            } => {
                 let it = self.eval(iter)?;
                 let it = self.force(&it)?;
                 let Some(items) = it.as_list().map(|l| l.to_vec()) else {
@@ -180,7 +242,10 @@ impl<'a> Evaluator<'a> {
                 let b = self.eval(base)?;
                 let b = self.force(&b)?;
                 match &b {
-                    Value::Record(r) => r.get(&field.name).cloned().ok_or_else(|| internal("missing field", field.span))?,
+                    Value::Record(r) => r
+                        .get(&field.name)
+                        .cloned()
+                        .ok_or_else(|| internal("missing field", field.span))?,
                     Value::Artifact(a) => json_value(&a.data[&field.name]),
                     _ => Value::Unknown(Type::Unknown),
                 }
@@ -193,9 +258,16 @@ impl<'a> Evaluator<'a> {
                     (Some(xs), Value::Int(i)) => {
                         let idx = if *i < 0 { xs.len() as i64 + i } else { *i };
                         xs.get(idx as usize).cloned().ok_or_else(|| {
-                            Diagnostic::error("smelt::run::index_out_of_range", format!("index {i} is out of range for a list of {}", xs.len()), index.span)
-                                .with_label("out of range")
-                                .with_help(format!("valid indices are 0..{}", xs.len().saturating_sub(1)))
+                            Diagnostic::error(
+                                "smelt::run::index_out_of_range",
+                                format!("index {i} is out of range for a list of {}", xs.len()),
+                                index.span,
+                            )
+                            .with_label("out of range")
+                            .with_help(format!(
+                                "valid indices are 0..{}",
+                                xs.len().saturating_sub(1)
+                            ))
                         })?
                     }
                     _ => Value::Unknown(Type::Unknown),
@@ -218,7 +290,10 @@ impl<'a> Evaluator<'a> {
                 for (name, value) in lets {
                     match self.eval(value) {
                         Ok(v) => {
-                            self.scopes.last_mut().expect("scope").insert(name.name.clone(), v);
+                            self.scopes
+                                .last_mut()
+                                .expect("scope")
+                                .insert(name.name.clone(), v);
                         }
                         Err(d) => {
                             res = Err(d);
@@ -236,7 +311,12 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Bind a pattern; returns false when the value's structure is unknown (dry modes).
-    fn bind(&mut self, p: &Pattern, v: Value, scope: &mut HashMap<String, Value>) -> Result<bool, Diagnostic> {
+    fn bind(
+        &mut self,
+        p: &Pattern,
+        v: Value,
+        scope: &mut HashMap<String, Value>,
+    ) -> Result<bool, Diagnostic> {
         match p {
             Pattern::Name(n) => {
                 scope.insert(n.name.clone(), v);
@@ -265,7 +345,13 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn binary(&mut self, op: BinOp, l: Value, r: Value, span: crate::source::Span) -> Result<Value, Diagnostic> {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        l: Value,
+        r: Value,
+        span: crate::source::Span,
+    ) -> Result<Value, Diagnostic> {
         let l = self.force(&l)?;
         let r = self.force(&r)?;
         if op == BinOp::Concat {
@@ -289,7 +375,8 @@ impl<'a> Evaluator<'a> {
                         _ => a.checked_mul(*b),
                     };
                     Value::Int(res.ok_or_else(|| {
-                        Diagnostic::error("smelt::run::overflow", "integer overflow", span).with_label("overflows 64-bit integers")
+                        Diagnostic::error("smelt::run::overflow", "integer overflow", span)
+                            .with_label("overflows 64-bit integers")
                     })?)
                 }
                 _ => {
@@ -297,9 +384,13 @@ impl<'a> Evaluator<'a> {
                         return Err(internal("arithmetic on non-numbers", span));
                     };
                     if op == BinOp::Div && b == 0.0 {
-                        return Err(Diagnostic::error("smelt::run::division_by_zero", "division by zero", span)
-                            .with_label("the divisor is 0")
-                            .with_help("check the values feeding this expression"));
+                        return Err(Diagnostic::error(
+                            "smelt::run::division_by_zero",
+                            "division by zero",
+                            span,
+                        )
+                        .with_label("the divisor is 0")
+                        .with_help("check the values feeding this expression"));
                     }
                     Value::Float(match op {
                         BinOp::Add => a + b,
@@ -320,7 +411,12 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn call(&mut self, callee: &Callee, args: &[Arg], span: crate::source::Span) -> Result<Value, Diagnostic> {
+    fn call(
+        &mut self,
+        callee: &Callee,
+        args: &[Arg],
+        span: crate::source::Span,
+    ) -> Result<Value, Diagnostic> {
         if let Callee::Name(n) = callee {
             if let Some(def) = self.defs.get(&n.name).cloned() {
                 return self.call_def(&def, args, span);
@@ -328,9 +424,18 @@ impl<'a> Evaluator<'a> {
         }
         let reg = self.reg;
         let id = callee.dotted();
-        let op = reg.get(&id).ok_or_else(|| internal(format!("unknown operator `{id}`"), span))?;
+        let op = reg
+            .get(&id)
+            .ok_or_else(|| internal(format!("unknown operator `{id}`"), span))?;
         let sig = op.signature();
-        let specs: Vec<ParamSpec> = sig.params.iter().map(|p| ParamSpec { name: p.name, has_default: p.default.is_some() }).collect();
+        let specs: Vec<ParamSpec> = sig
+            .params
+            .iter()
+            .map(|p| ParamSpec {
+                name: p.name,
+                has_default: p.default.is_some(),
+            })
+            .collect();
         let (slots, diags) = match_args(&id, &specs, args, span, "");
         if let Some(d) = diags.into_iter().next() {
             return Err(d);
@@ -340,7 +445,9 @@ impl<'a> Evaluator<'a> {
             let v = match slot {
                 None => p.default.map(|d| d.value()).unwrap_or(Value::None),
                 Some(e) => match (&e.kind, is_enum(&p.ty)) {
-                    (ExprKind::Name(n), true) if self.lookup(&n.name).is_none() => Value::str(&n.name),
+                    (ExprKind::Name(n), true) if self.lookup(&n.name).is_none() => {
+                        Value::str(&n.name)
+                    }
                     _ => self.eval(e)?,
                 },
             };
@@ -356,9 +463,15 @@ impl<'a> Evaluator<'a> {
                 let dry = self.mode != Mode::Run;
                 let mut force = |v: &Value| -> Result<Value, OpError> {
                     match self.force(v) {
-                        Ok(v) if v.is_unknown() => Err(OpError::new(NEEDS_RUN, "needs a value computed by running")),
+                        Ok(v) if v.is_unknown() => {
+                            Err(OpError::new(NEEDS_RUN, "needs a value computed by running"))
+                        }
                         Ok(v) => Ok(v),
-                        Err(d) => Err(OpError { code: d.code, message: d.message, help: d.help }),
+                        Err(d) => Err(OpError {
+                            code: d.code,
+                            message: d.message,
+                            help: d.help,
+                        }),
                     }
                 };
                 match op.eval(&args, &mut force) {
@@ -371,8 +484,20 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn call_def(&mut self, def: &DefInfo, args: &[Arg], span: crate::source::Span) -> Result<Value, Diagnostic> {
-        let specs: Vec<ParamSpec> = def.params.iter().map(|p| ParamSpec { name: &p.name.name, has_default: p.default.is_some() }).collect();
+    fn call_def(
+        &mut self,
+        def: &DefInfo,
+        args: &[Arg],
+        span: crate::source::Span,
+    ) -> Result<Value, Diagnostic> {
+        let specs: Vec<ParamSpec> = def
+            .params
+            .iter()
+            .map(|p| ParamSpec {
+                name: &p.name.name,
+                has_default: p.default.is_some(),
+            })
+            .collect();
         let (slots, diags) = match_args(&def.name, &specs, args, span, "");
         if let Some(d) = diags.into_iter().next() {
             return Err(d);
@@ -433,10 +558,14 @@ pub fn json_value(j: &serde_json::Value) -> Value {
     match j {
         serde_json::Value::Null => Value::None,
         serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map(Value::Int).unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .unwrap_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN))),
         serde_json::Value::String(s) => Value::str(s),
         serde_json::Value::Array(xs) => Value::list(xs.iter().map(json_value).collect()),
-        serde_json::Value::Object(m) => Value::Record(Arc::new(m.iter().map(|(k, v)| (k.clone(), json_value(v))).collect())),
+        serde_json::Value::Object(m) => Value::Record(Arc::new(
+            m.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        )),
     }
 }
-

@@ -37,7 +37,9 @@ pub enum Mode {
 pub enum Status {
     Pending,
     Cached,
-    Ran { seconds: f64 },
+    Ran {
+        seconds: f64,
+    },
     /// Realised without the store (cheap ops in check/plan mode).
     Dry,
     Failed,
@@ -83,15 +85,32 @@ impl Default for Settings {
 /// Effects of statements, in program order.
 #[derive(Debug, Clone)]
 pub enum Output {
-    Report { name: String, value: Value, span: Span },
-    Save { value: Value, path: String, span: Span },
-    Expect { outcome: ExpectOutcome, span: Span },
+    Report {
+        name: String,
+        value: Value,
+        span: Span,
+    },
+    Save {
+        value: Value,
+        path: String,
+        span: Span,
+    },
+    Expect {
+        outcome: ExpectOutcome,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExpectOutcome {
-    Passed { lhs: Option<Value>, rhs: Option<Value> },
-    Failed { lhs: Option<Value>, rhs: Option<Value> },
+    Passed {
+        lhs: Option<Value>,
+        rhs: Option<Value>,
+    },
+    Failed {
+        lhs: Option<Value>,
+        rhs: Option<Value>,
+    },
     /// Not known without running (plan/check).
     Unknown,
 }
@@ -119,7 +138,13 @@ pub struct Evaluator<'a> {
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(reg: &'a Registry, store: Option<&'a Store>, fingerprints: &'a mut Fingerprinter, mode: Mode, settings: Settings) -> Self {
+    pub fn new(
+        reg: &'a Registry,
+        store: Option<&'a Store>,
+        fingerprints: &'a mut Fingerprinter,
+        mode: Mode,
+        settings: Settings,
+    ) -> Self {
         Evaluator {
             reg,
             store,
@@ -140,11 +165,17 @@ impl<'a> Evaluator<'a> {
 
     /// Number of nodes that ran an operator (not served from the cache).
     pub fn executed(&self) -> usize {
-        self.graph.iter().filter(|n| matches!(n.status, Status::Ran { .. })).count()
+        self.graph
+            .iter()
+            .filter(|n| matches!(n.status, Status::Ran { .. }))
+            .count()
     }
 
     pub fn cached(&self) -> usize {
-        self.graph.iter().filter(|n| n.status == Status::Cached).count()
+        self.graph
+            .iter()
+            .filter(|n| n.status == Status::Cached)
+            .count()
     }
 
     /// Mark nodes that were never forced but whose results are in the store (for `smelt plan`).

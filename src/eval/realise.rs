@@ -21,7 +21,13 @@ fn is_path(ty: &Ty) -> bool {
 
 impl<'a> Evaluator<'a> {
     /// Create (or find) the node for an operator call.
-    pub(crate) fn node(&mut self, op: &'a dyn Operator, args: Args, span: Span, ty: Type) -> Result<Value, Diagnostic> {
+    pub(crate) fn node(
+        &mut self,
+        op: &'a dyn Operator,
+        args: Args,
+        span: Span,
+        ty: Type,
+    ) -> Result<Value, Diagnostic> {
         if args.values.iter().any(|(_, v)| v.is_unknown()) {
             return Ok(Value::Unknown(ty));
         }
@@ -50,7 +56,8 @@ impl<'a> Evaluator<'a> {
         // Header-level validation with cheap inputs realised (model shapes, vocabularies).
         let shallow = self.force_cheap(&args)?;
         op.validate(&shallow).map_err(|e| e.at_span(span))?;
-        let seed = (sig.determinism == Determinism::Seeded).then(|| key.derive_seed(self.settings.seed));
+        let seed =
+            (sig.determinism == Determinism::Seeded).then(|| key.derive_seed(self.settings.seed));
         let id = self.graph.len();
         self.graph.push(Node {
             op: sig.id,
@@ -77,12 +84,20 @@ impl<'a> Evaluator<'a> {
                         OpError::new("smelt::io::missing_file", format!("cannot read `{s}`: {e}"))
                             .with_help("check the path (relative paths are resolved from the directory you run smelt in)")
                     })?;
-                    Value::str(format!("stat:{s}:{}:{:?}", meta.len(), meta.modified().ok()))
+                    Value::str(format!(
+                        "stat:{s}:{}:{:?}",
+                        meta.len(),
+                        meta.modified().ok()
+                    ))
                 } else {
                     Value::str(self.fingerprints.path(path)?.hex())
                 }
             }
-            Value::List(xs) => Value::list(xs.iter().map(|x| self.path_keys(x)).collect::<Result<_, _>>()?),
+            Value::List(xs) => Value::list(
+                xs.iter()
+                    .map(|x| self.path_keys(x))
+                    .collect::<Result<_, _>>()?,
+            ),
             other => other.clone(),
         })
     }
@@ -99,14 +114,21 @@ impl<'a> Evaluator<'a> {
     fn map_cheap(&mut self, v: &Value) -> Result<Value, Diagnostic> {
         Ok(match v {
             Value::Node(n) => {
-                let cheap = self.reg.get(self.graph[n.id].op).is_some_and(|o| o.signature().cheap);
+                let cheap = self
+                    .reg
+                    .get(self.graph[n.id].op)
+                    .is_some_and(|o| o.signature().cheap);
                 if cheap || self.results.contains_key(&n.id) {
                     self.realise(n.id)?
                 } else {
                     v.clone()
                 }
             }
-            Value::List(xs) => Value::list(xs.iter().map(|x| self.map_cheap(x)).collect::<Result<_, _>>()?),
+            Value::List(xs) => Value::list(
+                xs.iter()
+                    .map(|x| self.map_cheap(x))
+                    .collect::<Result<_, _>>()?,
+            ),
             other => other.clone(),
         })
     }
@@ -126,10 +148,20 @@ impl<'a> Evaluator<'a> {
                 let r = self.realise(n.id)?;
                 self.force_deep(&r)?
             }
-            Value::List(xs) => Value::list(xs.iter().map(|x| self.force_deep(x)).collect::<Result<_, _>>()?),
-            Value::Tuple(xs) => Value::Tuple(Arc::new(xs.iter().map(|x| self.force_deep(x)).collect::<Result<_, _>>()?)),
+            Value::List(xs) => Value::list(
+                xs.iter()
+                    .map(|x| self.force_deep(x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Tuple(xs) => Value::Tuple(Arc::new(
+                xs.iter()
+                    .map(|x| self.force_deep(x))
+                    .collect::<Result<_, _>>()?,
+            )),
             Value::Record(r) => Value::Record(Arc::new(
-                r.iter().map(|(k, x)| Ok((k.clone(), self.force_deep(x)?))).collect::<Result<_, Diagnostic>>()?,
+                r.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.force_deep(x)?)))
+                    .collect::<Result<_, Diagnostic>>()?,
             )),
             other => other.clone(),
         })
@@ -174,7 +206,10 @@ impl<'a> Evaluator<'a> {
             std::fs::create_dir_all(&d).map_err(|e| OpError::from(e).at_span(node.span))?;
             d
         } else {
-            self.store.expect("store in run mode").begin(&node.key).map_err(|e| e.at_span(node.span))?
+            self.store
+                .expect("store in run mode")
+                .begin(&node.key)
+                .map_err(|e| e.at_span(node.span))?
         };
         let mut cx = OpCtx {
             key: node.key,
@@ -213,10 +248,15 @@ impl<'a> Evaluator<'a> {
             inputs: input_keys(&node.args),
             seed: node.seed,
             seconds,
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             smelt_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let stored = store.commit(&node.key, &out_dir, &value, &meta).map_err(|e| e.at_span(node.span))?;
+        let stored = store
+            .commit(&node.key, &out_dir, &value, &meta)
+            .map_err(|e| e.at_span(node.span))?;
         self.finish(id, stored.clone(), Status::Ran { seconds });
         Ok(stored)
     }

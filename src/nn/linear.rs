@@ -13,9 +13,12 @@
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
+/// The function behind a [`LinearHook`].
+pub type HookFn = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+
 /// A tensor transform installed on a [`Linear`] by PEFT code (dropout, adapters).
 #[derive(Clone)]
-pub struct LinearHook(pub Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>);
+pub struct LinearHook(pub Arc<HookFn>);
 
 impl std::fmt::Debug for LinearHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

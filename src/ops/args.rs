@@ -63,7 +63,13 @@ impl Args {
     }
 
     pub fn floats(&self, name: &str) -> Result<Vec<f64>, OpError> {
-        self.list(name)?.iter().map(|v| v.as_f64().ok_or_else(|| wrong(name, "a list of numbers", v))).collect()
+        self.list(name)?
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| wrong(name, "a list of numbers", v))
+            })
+            .collect()
     }
 
     /// A realised artifact of the given kind.
@@ -73,7 +79,10 @@ impl Args {
 
     /// A list of realised artifacts of the given kind.
     pub fn artifacts(&self, name: &str, kind: Kind) -> Result<Vec<&Arc<Artifact>>, OpError> {
-        self.list(name)?.iter().map(|v| as_artifact(name, v, kind)).collect()
+        self.list(name)?
+            .iter()
+            .map(|v| as_artifact(name, v, kind))
+            .collect()
     }
 }
 
@@ -85,5 +94,8 @@ fn as_artifact<'a>(name: &str, v: &'a Value, kind: Kind) -> Result<&'a Arc<Artif
 }
 
 fn wrong(name: &str, want: &str, got: &Value) -> OpError {
-    OpError::new("smelt::run::argument", format!("argument `{name}` should be {want}, got {}", got.display()))
+    OpError::new(
+        "smelt::run::argument",
+        format!("argument `{name}` should be {want}, got {}", got.display()),
+    )
 }

@@ -32,12 +32,22 @@ pub trait Operator: Send + Sync {
 
     /// Run a `Node` operator on realised arguments.
     fn run(&self, _cx: &mut OpCtx, _args: &Args) -> Result<Value, OpError> {
-        Err(OpError::new("smelt::internal", format!("`{}` is not a node operator", self.signature().id)))
+        Err(OpError::new(
+            "smelt::internal",
+            format!("`{}` is not a node operator", self.signature().id),
+        ))
     }
 
     /// Evaluate a `Helper` on unrealised arguments; `force` realises a value when needed.
-    fn eval(&self, _args: &Args, _force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
-        Err(OpError::new("smelt::internal", format!("`{}` is not a helper", self.signature().id)))
+    fn eval(
+        &self,
+        _args: &Args,
+        _force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
+        Err(OpError::new(
+            "smelt::internal",
+            format!("`{}` is not a helper", self.signature().id),
+        ))
     }
 
     /// Checks that need realised cheap inputs (e.g. model headers) but read no tensor data.
@@ -54,13 +64,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { ops: BTreeMap::new() }
+        Registry {
+            ops: BTreeMap::new(),
+        }
     }
 
     /// Add an operator. Panics on a duplicate id (a programming error caught by tests).
     pub fn add(&mut self, op: impl Operator + 'static) {
         let id = op.signature().id;
-        assert!(self.ops.insert(id, Box::new(op)).is_none(), "operator `{id}` registered twice");
+        assert!(
+            self.ops.insert(id, Box::new(op)).is_none(),
+            "operator `{id}` registered twice"
+        );
     }
 
     pub fn get(&self, id: &str) -> Option<&dyn Operator> {
@@ -76,7 +91,6 @@ impl Registry {
         f.dedup();
         f
     }
-
 }
 
 impl SigLookup for Registry {

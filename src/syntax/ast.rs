@@ -29,7 +29,12 @@ pub enum StmtKind {
     Let { name: Ident, value: Expr },
     /// `## doc…` lines then `def NAME(PARAMS) = EXPR` or `def NAME(PARAMS) { let…; EXPR }`
     /// (a block body is an [`ExprKind::Block`]).
-    Def { name: Ident, params: Vec<DefParam>, body: Expr, doc: Option<String> },
+    Def {
+        name: Ident,
+        params: Vec<DefParam>,
+        body: Expr,
+        doc: Option<String>,
+    },
     /// `use std.merge` → `path = ["std", "merge"]`
     Use { path: Vec<Ident> },
     /// `import "other.exp"`
@@ -89,15 +94,34 @@ pub enum ExprKind {
         cond: Option<Box<Expr>>,
     },
     /// `verb method(args)` or `name(args)`
-    Call { callee: Callee, args: Vec<Arg> },
+    Call {
+        callee: Callee,
+        args: Vec<Arg>,
+    },
     /// `base.field`
-    Field { base: Box<Expr>, field: Ident },
+    Field {
+        base: Box<Expr>,
+        field: Ident,
+    },
     /// `base[index]`
-    Index { base: Box<Expr>, index: Box<Expr> },
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
-    Unary { op: UnOp, operand: Box<Expr> },
+    Index {
+        base: Box<Expr>,
+        index: Box<Expr>,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Unary {
+        op: UnOp,
+        operand: Box<Expr>,
+    },
     /// `{ let a = …; let b = …; result }` (def bodies)
-    Block { lets: Vec<(Ident, Expr)>, result: Box<Expr> },
+    Block {
+        lets: Vec<(Ident, Expr)>,
+        result: Box<Expr>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

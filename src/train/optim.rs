@@ -236,8 +236,8 @@ impl Optimizer {
                 format!("{} gradients for {} vars", grads.len(), self.vars.len()),
             ));
         }
-        for i in 0..self.vars.len() {
-            let Some(g) = &grads[i] else { continue };
+        for (i, g) in grads.iter().enumerate() {
+            let Some(g) = g else { continue };
             let p = self.vars[i].as_tensor().detach();
             let g = g.detach().to_dtype(p.dtype())?;
             self.steps[i] += 1;

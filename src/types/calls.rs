@@ -38,7 +38,9 @@ pub fn match_args<'e>(
                             arg.span,
                         )
                         .with_label("positional argument")
-                        .with_help(format!("name it, or move it before the named ones: {usage}")),
+                        .with_help(format!(
+                            "name it, or move it before the named ones: {usage}"
+                        )),
                     );
                     continue;
                 }
@@ -101,7 +103,9 @@ pub fn match_args<'e>(
         }
     }
     // After a misplaced positional argument, "missing" reports would only repeat the problem.
-    let misplaced = diags.iter().any(|d| d.code == "smelt::check::positional_after_named");
+    let misplaced = diags
+        .iter()
+        .any(|d| d.code == "smelt::check::positional_after_named");
     for (i, p) in params.iter().enumerate() {
         if slots[i].is_none() && !p.has_default && !misplaced {
             diags.push(
@@ -119,7 +123,10 @@ pub fn match_args<'e>(
 }
 
 /// The closest candidate by Jaro–Winkler / edit distance, if it is close enough.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(&str, f64)> = None;
     for c in candidates {
         if c == word {
@@ -141,7 +148,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("mrege", ["merge", "load", "train"]), Some("merge"));
+        assert_eq!(
+            did_you_mean("mrege", ["merge", "load", "train"]),
+            Some("merge")
+        );
         assert_eq!(did_you_mean("delta", ["delta0", "alpha"]), Some("delta0"));
         assert_eq!(did_you_mean("zzz", ["merge", "load"]), None);
     }

@@ -48,7 +48,15 @@ pub fn render_type_expr(t: &TypeExpr) -> String {
     if t.args.is_empty() {
         t.name.name.clone()
     } else {
-        format!("{}<{}>", t.name.name, t.args.iter().map(render_type_expr).collect::<Vec<_>>().join(", "))
+        format!(
+            "{}<{}>",
+            t.name.name,
+            t.args
+                .iter()
+                .map(render_type_expr)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -79,8 +87,18 @@ pub const CONFIG_KEYS: &[(&str, &[&str])] = &[
 /// Fields readable on domain values with `.field`.
 pub fn domain_fields(ty: &Type) -> &'static [(&'static str, Ty)] {
     match ty {
-        Type::Model => &[("model_type", Ty::Str), ("parameters", Ty::Int), ("tensors", Ty::Int), ("vocab_size", Ty::Int)],
-        Type::Task => &[("name", Ty::Str), ("n_train", Ty::Int), ("n_test", Ty::Int), ("labels", Ty::List(&Ty::Str))],
+        Type::Model => &[
+            ("model_type", Ty::Str),
+            ("parameters", Ty::Int),
+            ("tensors", Ty::Int),
+            ("vocab_size", Ty::Int),
+        ],
+        Type::Task => &[
+            ("name", Ty::Str),
+            ("n_train", Ty::Int),
+            ("n_test", Ty::Int),
+            ("labels", Ty::List(&Ty::Str)),
+        ],
         _ => &[],
     }
 }
@@ -95,20 +113,49 @@ pub struct Checker<'a> {
 }
 
 /// Check one module into `env`; returns its diagnostics (empty = OK).
-pub fn check_module(lookup: &dyn SigLookup, env: &mut CheckEnv, module: &Module, opts: CheckOptions<'_>) -> Vec<Diagnostic> {
-    let mut c = Checker { lookup, env, opts, diags: Vec::new(), scopes: Vec::new(), depth: 0 };
+pub fn check_module(
+    lookup: &dyn SigLookup,
+    env: &mut CheckEnv,
+    module: &Module,
+    opts: CheckOptions<'_>,
+) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        lookup,
+        env,
+        opts,
+        diags: Vec::new(),
+        scopes: Vec::new(),
+        depth: 0,
+    };
     for stmt in &module.stmts {
         c.stmt(stmt);
     }
     let mut seen = std::collections::HashSet::new();
-    c.diags.retain(|d| seen.insert((d.code, d.span.map(|s| (s.lo, s.hi, s.file)), d.message.clone())));
+    c.diags.retain(|d| {
+        seen.insert((
+            d.code,
+            d.span.map(|s| (s.lo, s.hi, s.file)),
+            d.message.clone(),
+        ))
+    });
     c.diags
 }
 
 /// Infer the type of one expression in `env` (REPL `:type`).
 pub fn type_of(lookup: &dyn SigLookup, env: &mut CheckEnv, expr: &Expr) -> (Type, Vec<Diagnostic>) {
-    let opts = CheckOptions { allow_expr_stmts: true, std_modules: &[], allow_rebind: true };
-    let mut c = Checker { lookup, env, opts, diags: Vec::new(), scopes: Vec::new(), depth: 0 };
+    let opts = CheckOptions {
+        allow_expr_stmts: true,
+        std_modules: &[],
+        allow_rebind: true,
+    };
+    let mut c = Checker {
+        lookup,
+        env,
+        opts,
+        diags: Vec::new(),
+        scopes: Vec::new(),
+        depth: 0,
+    };
     let t = c.expr(expr);
     (t, c.diags)
 }
@@ -139,14 +186,23 @@ impl Checker<'_> {
                 }
                 self.env.globals.insert(name.name.clone(), (t, name.span));
             }
-            StmtKind::Def { name, params, body, doc } => {
+            StmtKind::Def {
+                name,
+                params,
+                body,
+                doc,
+            } => {
                 if self.env.defs.contains_key(&name.name) && !self.opts.allow_rebind {
                     let first = self.env.defs[&name.name].span;
                     self.err(
-                        Diagnostic::error("smelt::check::duplicate_def", format!("`{}` is already defined", name.name), name.span)
-                            .with_label("defined again here")
-                            .with_secondary(first, "first defined here")
-                            .with_help("choose another name"),
+                        Diagnostic::error(
+                            "smelt::check::duplicate_def",
+                            format!("`{}` is already defined", name.name),
+                            name.span,
+                        )
+                        .with_label("defined again here")
+                        .with_secondary(first, "first defined here")
+                        .with_help("choose another name"),
                     );
                 }
                 let info = Arc::new(DefInfo {
@@ -161,7 +217,11 @@ impl Checker<'_> {
                 for p in params {
                     let t = match &p.ty {
                         Some(te) => self.type_expr(te),
-                        None => p.default.as_ref().map(|d| self.expr(d)).unwrap_or(Type::Unknown),
+                        None => p
+                            .default
+                            .as_ref()
+                            .map(|d| self.expr(d))
+                            .unwrap_or(Type::Unknown),
                     };
                     scope.insert(p.name.name.clone(), t);
                 }
@@ -172,7 +232,9 @@ impl Checker<'_> {
             }
             StmtKind::Use { path } => {
                 let names: Vec<&str> = path.iter().map(|i| i.name.as_str()).collect();
-                let ok = names.len() == 2 && names[0] == "std" && self.opts.std_modules.contains(&names[1]);
+                let ok = names.len() == 2
+                    && names[0] == "std"
+                    && self.opts.std_modules.contains(&names[1]);
                 if !ok {
                     let last = path.last().map(|i| i.name.as_str()).unwrap_or("");
                     let mut d = Diagnostic::error(
@@ -185,7 +247,12 @@ impl Checker<'_> {
                         Some(s) => d.with_help(format!("did you mean `std.{s}`?")),
                         None => d.with_help(format!(
                             "stdlib modules: {}",
-                            self.opts.std_modules.iter().map(|m| format!("std.{m}")).collect::<Vec<_>>().join(", ")
+                            self.opts
+                                .std_modules
+                                .iter()
+                                .map(|m| format!("std.{m}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )),
                     };
                     self.err(d);
@@ -227,9 +294,13 @@ impl Checker<'_> {
                 let t = self.expr(value);
                 if !matches!(t, Type::Model | Type::Table | Type::Unknown) {
                     self.err(
-                        Diagnostic::error("smelt::check::cannot_save", format!("cannot save a value of type {t}"), value.span)
-                            .with_label(format!("this is {t}"))
-                            .with_help("`save` writes models (HF directories) and tables"),
+                        Diagnostic::error(
+                            "smelt::check::cannot_save",
+                            format!("cannot save a value of type {t}"),
+                            value.span,
+                        )
+                        .with_label(format!("this is {t}"))
+                        .with_help("`save` writes models (HF directories) and tables"),
                     );
                 }
                 let t = self.expr(path);
@@ -248,13 +319,25 @@ impl Checker<'_> {
                 if let Some(w) = within {
                     let is_cmp = matches!(
                         &cond.kind,
-                        ExprKind::Binary { op: BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge, .. }
+                        ExprKind::Binary {
+                            op: BinOp::Eq
+                                | BinOp::Ne
+                                | BinOp::Lt
+                                | BinOp::Le
+                                | BinOp::Gt
+                                | BinOp::Ge,
+                            ..
+                        }
                     );
                     if !is_cmp {
                         self.err(
-                            Diagnostic::error("smelt::check::within_needs_comparison", "`within` needs a comparison", cond.span)
-                                .with_label("not a comparison")
-                                .with_help("write e.g. `expect a >= b within 0.01`"),
+                            Diagnostic::error(
+                                "smelt::check::within_needs_comparison",
+                                "`within` needs a comparison",
+                                cond.span,
+                            )
+                            .with_label("not a comparison")
+                            .with_help("write e.g. `expect a >= b within 0.01`"),
                         );
                     }
                     let t = self.expr(w);
@@ -265,9 +348,13 @@ impl Checker<'_> {
                 self.expr(e);
                 if !self.opts.allow_expr_stmts {
                     self.err(
-                        Diagnostic::error("smelt::check::bare_expression", "this expression's value is not used", e.span)
-                            .with_label("computed and dropped")
-                            .with_help("bind it with `let name = …`, or `report` it"),
+                        Diagnostic::error(
+                            "smelt::check::bare_expression",
+                            "this expression's value is not used",
+                            e.span,
+                        )
+                        .with_label("computed and dropped")
+                        .with_help("bind it with `let name = …`, or `report` it"),
                     );
                 }
             }
@@ -292,10 +379,16 @@ impl Checker<'_> {
         if let (Some(w), false) = (&word, words.is_empty()) {
             let ok = words.contains(&w.as_str()) || (key == "device" && w.starts_with("cuda:"));
             if !ok {
-                let mut d = Diagnostic::error("smelt::check::bad_config", format!("`{w}` is not a valid {key}"), value.span)
-                    .with_label("not allowed here");
+                let mut d = Diagnostic::error(
+                    "smelt::check::bad_config",
+                    format!("`{w}` is not a valid {key}"),
+                    value.span,
+                )
+                .with_label("not allowed here");
                 d = match did_you_mean(w, words.iter().copied()) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`? allowed: {}", words.join(", "))),
+                    Some(s) => {
+                        d.with_help(format!("did you mean `{s}`? allowed: {}", words.join(", ")))
+                    }
                     None => d.with_help(format!("allowed: {}", words.join(", "))),
                 };
                 self.err(d);
@@ -308,8 +401,12 @@ impl Checker<'_> {
         match Type::from_name(&te.name.name, &args) {
             Some(t) => t,
             None => {
-                let mut d = Diagnostic::error("smelt::check::unknown_type", format!("unknown type `{}`", render_type_expr(te)), te.span)
-                    .with_label("unknown type");
+                let mut d = Diagnostic::error(
+                    "smelt::check::unknown_type",
+                    format!("unknown type `{}`", render_type_expr(te)),
+                    te.span,
+                )
+                .with_label("unknown type");
                 if let Some(s) = did_you_mean(&te.name.name, Type::NAMES.iter().copied()) {
                     d = d.with_help(format!("did you mean `{s}`?"));
                 }
@@ -322,9 +419,13 @@ impl Checker<'_> {
     fn expect_type(&mut self, ty: &Ty, t: &Type, span: Span, what: &str) {
         if !accepts(ty, t) {
             self.err(
-                Diagnostic::error("smelt::check::type_mismatch", format!("expected {ty} for {what}, found {t}"), span)
-                    .with_label(format!("this is {t}"))
-                    .with_help(format!("{what} must be {ty}")),
+                Diagnostic::error(
+                    "smelt::check::type_mismatch",
+                    format!("expected {ty} for {what}, found {t}"),
+                    span,
+                )
+                .with_label(format!("this is {t}"))
+                .with_help(format!("{what} must be {ty}")),
             );
         }
     }
@@ -356,11 +457,17 @@ impl Checker<'_> {
                 Some(t) => t,
                 None => {
                     let names = self.all_names();
-                    let mut d = Diagnostic::error("smelt::check::unknown_name", format!("unknown name `{}`", n.name), n.span)
-                        .with_label("not defined");
+                    let mut d = Diagnostic::error(
+                        "smelt::check::unknown_name",
+                        format!("unknown name `{}`", n.name),
+                        n.span,
+                    )
+                    .with_label("not defined");
                     d = match did_you_mean(&n.name, names.iter().map(|s| s.as_str())) {
                         Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                        None if self.env.defs.contains_key(&n.name) => d.with_help("a `def` must be called: add `(…)`"),
+                        None if self.env.defs.contains_key(&n.name) => {
+                            d.with_help("a `def` must be called: add `(…)`")
+                        }
                         None => d.with_help("define it with `let` before using it"),
                     };
                     self.err(d);
@@ -394,24 +501,37 @@ impl Checker<'_> {
                     let t = self.expr(v);
                     if out.insert(k.name.clone(), t).is_some() {
                         self.err(
-                            Diagnostic::error("smelt::check::duplicate_field", format!("field `{}` given twice", k.name), k.span)
-                                .with_label("duplicate field")
-                                .with_help("remove one of them"),
+                            Diagnostic::error(
+                                "smelt::check::duplicate_field",
+                                format!("field `{}` given twice", k.name),
+                                k.span,
+                            )
+                            .with_label("duplicate field")
+                            .with_help("remove one of them"),
                         );
                     }
                 }
                 Type::Record(out)
             }
-            ExprKind::Comprehension { body, pattern, iter, cond } => {
+            ExprKind::Comprehension {
+                body,
+                pattern,
+                iter,
+                cond,
+            } => {
                 let it = self.expr(iter);
                 let (elem, len) = match it {
                     Type::List(e, n) => (*e, n),
                     Type::Unknown => (Type::Unknown, None),
                     other => {
                         self.err(
-                            Diagnostic::error("smelt::check::not_iterable", format!("cannot iterate over {other}"), iter.span)
-                                .with_label(format!("this is {other}"))
-                                .with_help("`for` iterates over lists"),
+                            Diagnostic::error(
+                                "smelt::check::not_iterable",
+                                format!("cannot iterate over {other}"),
+                                iter.span,
+                            )
+                            .with_label(format!("this is {other}"))
+                            .with_help("`for` iterates over lists"),
                         );
                         (Type::Unknown, None)
                     }
@@ -461,24 +581,37 @@ impl Checker<'_> {
                         if let (ExprKind::Int(i), Some(n)) = (&index.kind, n) {
                             if *i < 0 || *i as usize >= n {
                                 self.err(
-                                    Diagnostic::error("smelt::check::index_out_of_range", format!("index {i} is out of range for a list of {n}"), index.span)
-                                        .with_label("out of range")
-                                        .with_help(format!("valid indices are 0..{}", n.saturating_sub(1))),
+                                    Diagnostic::error(
+                                        "smelt::check::index_out_of_range",
+                                        format!("index {i} is out of range for a list of {n}"),
+                                        index.span,
+                                    )
+                                    .with_label("out of range")
+                                    .with_help(format!(
+                                        "valid indices are 0..{}",
+                                        n.saturating_sub(1)
+                                    )),
                                 );
                             }
                         }
                         *e
                     }
                     Type::Tuple(ts) => match &index.kind {
-                        ExprKind::Int(i) if (*i as usize) < ts.len() && *i >= 0 => ts[*i as usize].clone(),
+                        ExprKind::Int(i) if (*i as usize) < ts.len() && *i >= 0 => {
+                            ts[*i as usize].clone()
+                        }
                         _ => Type::Unknown,
                     },
                     Type::Unknown => Type::Unknown,
                     other => {
                         self.err(
-                            Diagnostic::error("smelt::check::not_indexable", format!("cannot index into {other}"), base.span)
-                                .with_label(format!("this is {other}"))
-                                .with_help("only lists and tuples can be indexed"),
+                            Diagnostic::error(
+                                "smelt::check::not_indexable",
+                                format!("cannot index into {other}"),
+                                base.span,
+                            )
+                            .with_label(format!("this is {other}"))
+                            .with_help("only lists and tuples can be indexed"),
                         );
                         Type::Unknown
                     }
@@ -494,7 +627,11 @@ impl Checker<'_> {
                 match op {
                     UnOp::Neg => {
                         self.expect_type(&Ty::Float, &t, operand.span, "`-`");
-                        if t == Type::Int { Type::Int } else { Type::Float }
+                        if t == Type::Int {
+                            Type::Int
+                        } else {
+                            Type::Float
+                        }
                     }
                     UnOp::Not => {
                         self.expect_type(&Ty::Bool, &t, operand.span, "`not`");
@@ -506,7 +643,10 @@ impl Checker<'_> {
                 self.scopes.push(HashMap::new());
                 for (name, value) in lets {
                     let t = self.expr(value);
-                    self.scopes.last_mut().expect("scope").insert(name.name.clone(), t);
+                    self.scopes
+                        .last_mut()
+                        .expect("scope")
+                        .insert(name.name.clone(), t);
                 }
                 let t = self.expr(result);
                 self.scopes.pop();
@@ -516,8 +656,12 @@ impl Checker<'_> {
     }
 
     fn unknown_field(&mut self, on: &Type, field: &Ident, keys: &[&str]) -> Type {
-        let mut d = Diagnostic::error("smelt::check::unknown_field", format!("{on} has no field `{}`", field.name), field.span)
-            .with_label("unknown field");
+        let mut d = Diagnostic::error(
+            "smelt::check::unknown_field",
+            format!("{on} has no field `{}`", field.name),
+            field.span,
+        )
+        .with_label("unknown field");
         d = match did_you_mean(&field.name, keys.iter().copied()) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None if keys.is_empty() => d.with_help(format!("{on} has no fields")),
@@ -545,9 +689,13 @@ impl Checker<'_> {
                 }
                 other => {
                     self.err(
-                        Diagnostic::error("smelt::check::pattern_mismatch", format!("cannot unpack {other} into {} names", ps.len()), *span)
-                            .with_label("this pattern")
-                            .with_help("tuple patterns unpack the pairs made by `zip(xs, ys)`"),
+                        Diagnostic::error(
+                            "smelt::check::pattern_mismatch",
+                            format!("cannot unpack {other} into {} names", ps.len()),
+                            *span,
+                        )
+                        .with_label("this pattern")
+                        .with_help("tuple patterns unpack the pairs made by `zip(xs, ys)`"),
                     );
                     for p in ps {
                         self.bind_pattern(p, Type::Unknown, scope);
@@ -560,15 +708,21 @@ impl Checker<'_> {
     fn binary(&mut self, op: BinOp, l: Type, r: Type, ls: Span, rs: Span, whole: Span) -> Type {
         let mismatch = |c: &mut Self, help: &str| {
             c.err(
-                Diagnostic::error("smelt::check::bad_operands", format!("cannot apply `{}` to {l} and {r}", op.symbol()), whole)
-                    .with_label(format!("{l} {} {r}", op.symbol()))
-                    .with_help(help.to_string()),
+                Diagnostic::error(
+                    "smelt::check::bad_operands",
+                    format!("cannot apply `{}` to {l} and {r}", op.symbol()),
+                    whole,
+                )
+                .with_label(format!("{l} {} {r}", op.symbol()))
+                .with_help(help.to_string()),
             );
         };
         let unknown = matches!(l, Type::Unknown) || matches!(r, Type::Unknown);
         match op {
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
-                if op == BinOp::Add && matches!((&l, &r), (Type::Str | Type::Path, Type::Str | Type::Path)) {
+                if op == BinOp::Add
+                    && matches!((&l, &r), (Type::Str | Type::Path, Type::Str | Type::Path))
+                {
                     return Type::Str;
                 }
                 if l.is_numeric() && r.is_numeric() {
@@ -580,13 +734,17 @@ impl Checker<'_> {
                         Type::Float
                     };
                 }
-                if unknown && (matches!(l, Type::Str) || matches!(r, Type::Str)) && op == BinOp::Add {
+                if unknown && (matches!(l, Type::Str) || matches!(r, Type::Str)) && op == BinOp::Add
+                {
                     return Type::Str;
                 }
                 if matches!((&l, &r), (Type::List(..), Type::List(..))) && op == BinOp::Add {
                     mismatch(self, "concatenate lists with `++`");
                 } else if matches!(l, Type::Str) || matches!(r, Type::Str) {
-                    mismatch(self, "`+` joins two strings; numbers are not converted implicitly");
+                    mismatch(
+                        self,
+                        "`+` joins two strings; numbers are not converted implicitly",
+                    );
                 } else {
                     mismatch(self, "arithmetic works on Int and Float");
                 }
@@ -601,13 +759,18 @@ impl Checker<'_> {
                     }
                 },
                 (Type::Unknown, t @ Type::List(..)) | (t @ Type::List(..), Type::Unknown) => {
-                    let Type::List(e, _) = t else { unreachable!("matched a list") };
+                    let Type::List(e, _) = t else {
+                        unreachable!("matched a list")
+                    };
                     Type::List(e.clone(), None)
                 }
                 (Type::Unknown, Type::Unknown) => Type::Unknown,
                 _ => {
                     let _ = (ls, rs);
-                    mismatch(self, "`++` concatenates two lists; wrap a single value in `[…]`");
+                    mismatch(
+                        self,
+                        "`++` concatenates two lists; wrap a single value in `[…]`",
+                    );
                     Type::Unknown
                 }
             },
@@ -618,7 +781,8 @@ impl Checker<'_> {
                 Type::Bool
             }
             BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let ok = (l.is_numeric() && r.is_numeric()) || (matches!(l, Type::Str) && matches!(r, Type::Str));
+                let ok = (l.is_numeric() && r.is_numeric())
+                    || (matches!(l, Type::Str) && matches!(r, Type::Str));
                 if !ok {
                     mismatch(self, "ordering comparisons need two numbers or two strings");
                 }
@@ -656,10 +820,15 @@ impl Checker<'_> {
         let ids = self.lookup.ids();
         let d = match callee {
             Callee::Op { verb, method } => {
-                let methods: Vec<&str> =
-                    ids.iter().filter_map(|id| id.strip_prefix(&format!("{}.", verb.name))).collect();
+                let methods: Vec<&str> = ids
+                    .iter()
+                    .filter_map(|id| id.strip_prefix(&format!("{}.", verb.name)))
+                    .collect();
                 if methods.is_empty() {
-                    let mut families: Vec<&str> = ids.iter().filter_map(|id| id.split_once('.').map(|(f, _)| f)).collect();
+                    let mut families: Vec<&str> = ids
+                        .iter()
+                        .filter_map(|id| id.split_once('.').map(|(f, _)| f))
+                        .collect();
                     families.dedup();
                     let d = Diagnostic::error(
                         "smelt::check::unknown_operator",
@@ -680,20 +849,34 @@ impl Checker<'_> {
                     .with_label("unknown method");
                     match did_you_mean(&method.name, methods.iter().copied()) {
                         Some(s) => d.with_help(format!("did you mean `{} {s}`?", verb.name)),
-                        None => d.with_help(format!("methods of `{}`: {}", verb.name, methods.join(", "))),
+                        None => d.with_help(format!(
+                            "methods of `{}`: {}",
+                            verb.name,
+                            methods.join(", ")
+                        )),
                     }
                 }
             }
             Callee::Name(n) => {
-                let mut names: Vec<String> = ids.iter().filter(|i| !i.contains('.')).map(|s| s.to_string()).collect();
+                let mut names: Vec<String> = ids
+                    .iter()
+                    .filter(|i| !i.contains('.'))
+                    .map(|s| s.to_string())
+                    .collect();
                 names.extend(self.env.defs.keys().cloned());
-                let d = Diagnostic::error("smelt::check::unknown_function", format!("unknown function `{}`", n.name), n.span)
-                    .with_label("not defined");
+                let d = Diagnostic::error(
+                    "smelt::check::unknown_function",
+                    format!("unknown function `{}`", n.name),
+                    n.span,
+                )
+                .with_label("not defined");
                 match did_you_mean(&n.name, names.iter().map(|s| s.as_str())) {
                     Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None if ids.iter().any(|i| i.starts_with(&format!("{}.", n.name))) => {
-                        d.with_help(format!("`{}` is an operator family: write `{} METHOD(…)`", n.name, n.name))
-                    }
+                    None if ids.iter().any(|i| i.starts_with(&format!("{}.", n.name))) => d
+                        .with_help(format!(
+                            "`{}` is an operator family: write `{} METHOD(…)`",
+                            n.name, n.name
+                        )),
                     None => d.with_help("define it with `def`, or see `smelt doc` for built-ins"),
                 }
             }
@@ -702,13 +885,23 @@ impl Checker<'_> {
     }
 
     fn call_op(&mut self, sig: &'static Signature, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> = sig.params.iter().map(|p| ParamSpec { name: p.name, has_default: p.default.is_some() }).collect();
+        let specs: Vec<ParamSpec> = sig
+            .params
+            .iter()
+            .map(|p| ParamSpec {
+                name: p.name,
+                has_default: p.default.is_some(),
+            })
+            .collect();
         let usage = sig.render();
         let (slots, diags) = match_args(&sig.call_syntax(), &specs, args, span, &usage);
         self.diags.extend(diags);
         // Arguments not matched to a parameter are still checked for their own errors.
         for a in args {
-            if !slots.iter().any(|s| s.is_some_and(|e| std::ptr::eq(e, &a.value))) {
+            if !slots
+                .iter()
+                .any(|s| s.is_some_and(|e| std::ptr::eq(e, &a.value)))
+            {
                 self.expr(&a.value);
             }
         }
@@ -716,7 +909,10 @@ impl Checker<'_> {
         let mut lens: HashMap<&str, (Option<usize>, Span)> = HashMap::new();
         for (p, slot) in sig.params.iter().zip(&slots) {
             let t = match slot {
-                None => p.default.map(|d| value_type(&d.value())).unwrap_or(Type::Unknown),
+                None => p
+                    .default
+                    .map(|d| value_type(&d.value()))
+                    .unwrap_or(Type::Unknown),
                 Some(e) => {
                     let t = self.arg(sig, p, e);
                     if let Type::List(_, n) = &t {
@@ -738,7 +934,10 @@ impl Checker<'_> {
                         )
                         .with_label(format!("{m} elements"))
                         .with_secondary(*sa, format!("{n} elements"))
-                        .with_help(format!("`{}` needs one `{b}` entry per `{a}` entry", sig.call_syntax())),
+                        .with_help(format!(
+                            "`{}` needs one `{b}` entry per `{a}` entry",
+                            sig.call_syntax()
+                        )),
                     );
                 }
             }
@@ -762,12 +961,19 @@ impl Checker<'_> {
                 if !words.contains(&w) {
                     let mut d = Diagnostic::error(
                         "smelt::check::bad_choice",
-                        format!("`{w}` is not a valid `{}` for `{}`", p.name, sig.call_syntax()),
+                        format!(
+                            "`{w}` is not a valid `{}` for `{}`",
+                            p.name,
+                            sig.call_syntax()
+                        ),
                         e.span,
                     )
                     .with_label("not one of the choices");
                     d = match did_you_mean(w, words.iter().copied()) {
-                        Some(s) => d.with_help(format!("did you mean `{s}`? choices: {}", words.join(", "))),
+                        Some(s) => d.with_help(format!(
+                            "did you mean `{s}`? choices: {}",
+                            words.join(", ")
+                        )),
                         None => d.with_help(format!("choices: {}", words.join(", "))),
                     };
                     self.err(d);
@@ -778,13 +984,20 @@ impl Checker<'_> {
         let t = self.expr(e);
         if !accepts(&p.ty, &t) {
             let hint = match (&p.ty, &t) {
-                (Ty::List(inner), t) if accepts(inner, t) => format!("wrap it in a list: `[{}]`", "…"),
+                (Ty::List(inner), t) if accepts(inner, t) => {
+                    format!("wrap it in a list: `[{}]`", "…")
+                }
                 _ => format!("`{}` takes {}", p.name, p.ty),
             };
             self.err(
                 Diagnostic::error(
                     "smelt::check::type_mismatch",
-                    format!("`{}` of `{}` expects {}, found {t}", p.name, sig.call_syntax(), p.ty),
+                    format!(
+                        "`{}` of `{}` expects {}, found {t}",
+                        p.name,
+                        sig.call_syntax(),
+                        p.ty
+                    ),
                     e.span,
                 )
                 .with_label(format!("this is {t}"))
@@ -796,7 +1009,11 @@ impl Checker<'_> {
                 self.err(
                     Diagnostic::error(
                         "smelt::check::out_of_range",
-                        format!("`{}` = {x} is out of range for `{}`", p.name, sig.call_syntax()),
+                        format!(
+                            "`{}` = {x} is out of range for `{}`",
+                            p.name,
+                            sig.call_syntax()
+                        ),
                         e.span,
                     )
                     .with_label(format!("must be in [{lo}, {hi}]"))
@@ -808,8 +1025,14 @@ impl Checker<'_> {
     }
 
     fn call_def(&mut self, def: &DefInfo, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> =
-            def.params.iter().map(|p| ParamSpec { name: &p.name.name, has_default: p.default.is_some() }).collect();
+        let specs: Vec<ParamSpec> = def
+            .params
+            .iter()
+            .map(|p| ParamSpec {
+                name: &p.name.name,
+                has_default: p.default.is_some(),
+            })
+            .collect();
         let usage = def.usage();
         let (slots, diags) = match_args(&def.name, &specs, args, span, &usage);
         self.diags.extend(diags);
@@ -817,7 +1040,11 @@ impl Checker<'_> {
         for (p, slot) in def.params.iter().zip(&slots) {
             let t = match slot {
                 Some(e) => self.expr(e),
-                None => p.default.as_ref().map(|d| self.expr(d)).unwrap_or(Type::Unknown),
+                None => p
+                    .default
+                    .as_ref()
+                    .map(|d| self.expr(d))
+                    .unwrap_or(Type::Unknown),
             };
             if let Some(te) = &p.ty {
                 let want = self.type_expr(te);
@@ -826,7 +1053,10 @@ impl Checker<'_> {
                     self.err(
                         Diagnostic::error(
                             "smelt::check::type_mismatch",
-                            format!("`{}` of `{}` expects {want}, found {t}", p.name.name, def.name),
+                            format!(
+                                "`{}` of `{}` expects {want}, found {t}",
+                                p.name.name, def.name
+                            ),
                             at,
                         )
                         .with_label(format!("this is {t}"))
@@ -838,9 +1068,13 @@ impl Checker<'_> {
         }
         if self.depth > 32 {
             self.err(
-                Diagnostic::error("smelt::check::recursion", format!("`{}` calls itself", def.name), span)
-                    .with_label("recursive call")
-                    .with_help("defs cannot be recursive; use a comprehension"),
+                Diagnostic::error(
+                    "smelt::check::recursion",
+                    format!("`{}` calls itself", def.name),
+                    span,
+                )
+                .with_label("recursive call")
+                .with_help("defs cannot be recursive; use a comprehension"),
             );
             return Type::Unknown;
         }
@@ -882,7 +1116,10 @@ pub fn literal_number(e: &Expr) -> Option<f64> {
     match &e.kind {
         ExprKind::Int(i) => Some(*i as f64),
         ExprKind::Float(x) => Some(*x),
-        ExprKind::Unary { op: UnOp::Neg, operand } => literal_number(operand).map(|x| -x),
+        ExprKind::Unary {
+            op: UnOp::Neg,
+            operand,
+        } => literal_number(operand).map(|x| -x),
         _ => None,
     }
 }

@@ -138,9 +138,27 @@ impl Type {
 
     /// Names accepted by [`Type::from_name`] (for "did you mean").
     pub const NAMES: &'static [&'static str] = &[
-        "Int", "Float", "Bool", "Str", "Path", "Model", "Adapter", "Delta", "Task", "Fisher",
-        "Gradients", "Matrix", "Partition", "Ensemble", "Predictions", "Metrics", "Table",
-        "Figure", "Record", "Any", "List",
+        "Int",
+        "Float",
+        "Bool",
+        "Str",
+        "Path",
+        "Model",
+        "Adapter",
+        "Delta",
+        "Task",
+        "Fisher",
+        "Gradients",
+        "Matrix",
+        "Partition",
+        "Ensemble",
+        "Predictions",
+        "Metrics",
+        "Table",
+        "Figure",
+        "Record",
+        "Any",
+        "List",
     ];
 
     pub fn is_numeric(&self) -> bool {
@@ -189,9 +207,10 @@ pub fn unify(a: &Type, b: &Type) -> Option<Type> {
         (Type::Unknown, t) | (t, Type::Unknown) => Some(t.clone()),
         (Type::Int, Type::Float) | (Type::Float, Type::Int) => Some(Type::Float),
         (Type::Str, Type::Path) | (Type::Path, Type::Str) => Some(Type::Str),
-        (Type::List(x, n), Type::List(y, m)) => {
-            Some(Type::List(Box::new(unify(x, y)?), if n == m { *n } else { None }))
-        }
+        (Type::List(x, n), Type::List(y, m)) => Some(Type::List(
+            Box::new(unify(x, y)?),
+            if n == m { *n } else { None },
+        )),
         (Type::Record(x), Type::Record(y)) => {
             if x.keys().eq(y.keys()) {
                 let mut out = BTreeMap::new();
@@ -203,9 +222,12 @@ pub fn unify(a: &Type, b: &Type) -> Option<Type> {
                 None
             }
         }
-        (Type::Tuple(x), Type::Tuple(y)) if x.len() == y.len() => {
-            Some(Type::Tuple(x.iter().zip(y).map(|(a, b)| unify(a, b)).collect::<Option<_>>()?))
-        }
+        (Type::Tuple(x), Type::Tuple(y)) if x.len() == y.len() => Some(Type::Tuple(
+            x.iter()
+                .zip(y)
+                .map(|(a, b)| unify(a, b))
+                .collect::<Option<_>>()?,
+        )),
         (a, b) if a == b => Some(a.clone()),
         _ => None,
     }
@@ -271,7 +293,10 @@ mod tests {
         assert!(accepts(&Ty::Float, &Type::Int));
         assert!(!accepts(&Ty::Int, &Type::Float));
         assert!(accepts(&Ty::Path, &Type::Str));
-        assert!(accepts(&Ty::List(&Ty::Float), &Type::List(Box::new(Type::Int), Some(3))));
+        assert!(accepts(
+            &Ty::List(&Ty::Float),
+            &Type::List(Box::new(Type::Int), Some(3))
+        ));
         assert!(!accepts(&Ty::List(&Ty::Model), &Type::Model));
         assert!(accepts(&Ty::Opt(&Ty::Model), &Type::None));
         assert!(accepts(&Ty::Model, &Type::Unknown));
@@ -282,7 +307,10 @@ mod tests {
         assert_eq!(unify(&Type::Int, &Type::Float), Some(Type::Float));
         assert_eq!(unify(&Type::Model, &Type::Task), None);
         assert_eq!(
-            unify(&Type::List(Box::new(Type::Int), Some(2)), &Type::List(Box::new(Type::Int), Some(3))),
+            unify(
+                &Type::List(Box::new(Type::Int), Some(2)),
+                &Type::List(Box::new(Type::Int), Some(3))
+            ),
             Some(Type::List(Box::new(Type::Int), None))
         );
     }
@@ -291,6 +319,9 @@ mod tests {
     fn display() {
         assert_eq!(Ty::List(&Ty::Model).to_string(), "List<Model>");
         assert_eq!(Ty::Enum(&["a", "b"]).to_string(), "a|b");
-        assert_eq!(Type::List(Box::new(Type::Float), Some(2)).to_string(), "List<Float>[2]");
+        assert_eq!(
+            Type::List(Box::new(Type::Float), Some(2)).to_string(),
+            "List<Float>[2]"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Parameter-efficient fine-tuning modules injected into the frozen models of [`crate::nn`].
 //!
 //! * [`lora`]: LoRA, `y = x Wᵀ + b + s · (drop(x) Aᵀ) Bᵀ` with `s = α/r` (or `α/√r` for rsLoRA),
-//!   PEFT initialisation, merge/unmerge and the PEFT adapter directory format.
+//!   PEFT initialisation, merge/unmerge; [`peft_format`]: the PEFT adapter directory format.
 //! * [`adapter`]: Houlsby bottleneck adapters `y ↦ y + U · act(D · y)` after the attention output
 //!   projection and after the FFN output projection.
 //! * [`pattern`]: PEFT's `target_modules` matching (suffix on a `.` boundary, or a full-match
@@ -18,10 +18,12 @@ pub mod adapter;
 pub mod io;
 pub mod lora;
 pub mod pattern;
+pub mod peft_format;
 
 pub use adapter::{AdapterActivation, AdapterConfig, AdapterInit, AdapterSize, Adapters};
 pub use lora::{Lora, LoraConfig, LoraModule};
 pub use pattern::ModulePattern;
+pub use peft_format::config_from_json;
 
 use crate::diag::OpError;
 use candle_core::{Device, Tensor};

@@ -28,9 +28,16 @@ impl Operator for Len {
         &SIG
     }
 
-    fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+    fn eval(
+        &self,
+        args: &Args,
+        force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         let xs = force(args.get("xs")?)?;
-        let n = xs.as_list().map(|l| l.len()).ok_or_else(|| OpError::new("smelt::run::argument", "`len` needs a list"))?;
+        let n = xs
+            .as_list()
+            .map(|l| l.len())
+            .ok_or_else(|| OpError::new("smelt::run::argument", "`len` needs a list"))?;
         Ok(Value::Int(n as i64))
     }
 }
@@ -41,7 +48,13 @@ mod tests {
 
     #[test]
     fn counts() {
-        let args = Args::new(vec![("xs", Value::list(vec![Value::Int(1), Value::Int(2)]))]);
-        assert_eq!(Len.eval(&args, &mut crate::ops::helpers::no_force).unwrap(), Value::Int(2));
+        let args = Args::new(vec![(
+            "xs",
+            Value::list(vec![Value::Int(1), Value::Int(2)]),
+        )]);
+        assert_eq!(
+            Len.eval(&args, &mut crate::ops::helpers::no_force).unwrap(),
+            Value::Int(2)
+        );
     }
 }

@@ -28,10 +28,17 @@ impl Operator for Mean {
         &SIG
     }
 
-    fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+    fn eval(
+        &self,
+        args: &Args,
+        force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         let xs = super::numbers("mean", args.get("xs")?, force)?;
         if xs.is_empty() {
-            return Err(OpError::new("smelt::run::argument", "`mean` of an empty list"));
+            return Err(OpError::new(
+                "smelt::run::argument",
+                "`mean` of an empty list",
+            ));
         }
         Ok(Value::Float(xs.iter().sum::<f64>() / xs.len() as f64))
     }
@@ -45,7 +52,12 @@ mod tests {
     fn mean_and_empty() {
         let f = &mut crate::ops::helpers::no_force;
         let xs = Value::list(vec![Value::Int(1), Value::Float(2.0), Value::Int(3)]);
-        assert_eq!(Mean.eval(&Args::new(vec![("xs", xs)]), f).unwrap(), Value::Float(2.0));
-        assert!(Mean.eval(&Args::new(vec![("xs", Value::list(vec![]))]), f).is_err());
+        assert_eq!(
+            Mean.eval(&Args::new(vec![("xs", xs)]), f).unwrap(),
+            Value::Float(2.0)
+        );
+        assert!(Mean
+            .eval(&Args::new(vec![("xs", Value::list(vec![]))]), f)
+            .is_err());
     }
 }

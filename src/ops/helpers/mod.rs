@@ -18,14 +18,20 @@ pub(crate) fn numbers(
     force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
 ) -> Result<Vec<f64>, OpError> {
     let v = force(v)?;
-    let items = v
-        .as_list()
-        .ok_or_else(|| OpError::new("smelt::run::argument", format!("`{name}` needs a list of numbers")))?;
+    let items = v.as_list().ok_or_else(|| {
+        OpError::new(
+            "smelt::run::argument",
+            format!("`{name}` needs a list of numbers"),
+        )
+    })?;
     items
         .iter()
         .map(|x| {
             force(x)?.as_f64().ok_or_else(|| {
-                OpError::new("smelt::run::argument", format!("`{name}` needs numbers, found {}", x.display()))
+                OpError::new(
+                    "smelt::run::argument",
+                    format!("`{name}` needs numbers, found {}", x.display()),
+                )
             })
         })
         .collect()

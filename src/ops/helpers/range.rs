@@ -13,8 +13,17 @@ static SIG: Signature = Signature {
     summary: "Integers from `start` (inclusive) to `stop` (exclusive).",
     doc: "`range(3)` is `[0, 1, 2]`; `range(2, 5)` is `[2, 3, 4]`. At most 10 million elements.",
     params: &[
-        Param::req("a", Ty::Int, "The stop (one argument) or the start (two arguments)."),
-        Param::opt("b", Ty::Opt(&Ty::Int), Const::None, "The stop, when a start is given."),
+        Param::req(
+            "a",
+            Ty::Int,
+            "The stop (one argument) or the start (two arguments).",
+        ),
+        Param::opt(
+            "b",
+            Ty::Opt(&Ty::Int),
+            Const::None,
+            "The stop, when a start is given.",
+        ),
     ],
     returns: Ty::List(&Ty::Int),
     ret_fn: None,
@@ -31,10 +40,17 @@ impl Operator for Range {
         &SIG
     }
 
-    fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+    fn eval(
+        &self,
+        args: &Args,
+        force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         let int = |v: Value| match v {
             Value::Int(i) => Ok(i),
-            v => Err(OpError::new("smelt::run::argument", format!("`range` needs integers, got {}", v.display()))),
+            v => Err(OpError::new(
+                "smelt::run::argument",
+                format!("`range` needs integers, got {}", v.display()),
+            )),
         };
         let a = int(force(args.get("a")?)?)?;
         let (start, stop) = match force(args.get("b")?)? {
@@ -42,9 +58,14 @@ impl Operator for Range {
             b => (a, int(b)?),
         };
         if stop.saturating_sub(start) > 10_000_000 {
-            return Err(OpError::new("smelt::run::argument", "`range` would have more than 10 million elements"));
+            return Err(OpError::new(
+                "smelt::run::argument",
+                "`range` would have more than 10 million elements",
+            ));
         }
-        Ok(Value::list((start..stop.max(start)).map(Value::Int).collect()))
+        Ok(Value::list(
+            (start..stop.max(start)).map(Value::Int).collect(),
+        ))
     }
 }
 
@@ -55,11 +76,29 @@ mod tests {
     #[test]
     fn one_and_two_arguments() {
         let f = &mut crate::ops::helpers::no_force;
-        let r = Range.eval(&Args::new(vec![("a", Value::Int(3)), ("b", Value::None)]), f).unwrap();
-        assert_eq!(r, Value::list(vec![Value::Int(0), Value::Int(1), Value::Int(2)]));
-        let r = Range.eval(&Args::new(vec![("a", Value::Int(2)), ("b", Value::Int(4))]), f).unwrap();
+        let r = Range
+            .eval(
+                &Args::new(vec![("a", Value::Int(3)), ("b", Value::None)]),
+                f,
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            Value::list(vec![Value::Int(0), Value::Int(1), Value::Int(2)])
+        );
+        let r = Range
+            .eval(
+                &Args::new(vec![("a", Value::Int(2)), ("b", Value::Int(4))]),
+                f,
+            )
+            .unwrap();
         assert_eq!(r, Value::list(vec![Value::Int(2), Value::Int(3)]));
-        let r = Range.eval(&Args::new(vec![("a", Value::Int(5)), ("b", Value::Int(1))]), f).unwrap();
+        let r = Range
+            .eval(
+                &Args::new(vec![("a", Value::Int(5)), ("b", Value::Int(1))]),
+                f,
+            )
+            .unwrap();
         assert_eq!(r, Value::list(vec![]));
     }
 }

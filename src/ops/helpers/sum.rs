@@ -35,7 +35,11 @@ impl Operator for Sum {
         &SIG
     }
 
-    fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+    fn eval(
+        &self,
+        args: &Args,
+        force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         let list = force(args.get("xs")?)?;
         let items = list.as_list().unwrap_or(&[]);
         let realised: Vec<Value> = items.iter().map(&mut *force).collect::<Result<_, _>>()?;
@@ -43,12 +47,16 @@ impl Operator for Sum {
             let mut total: i64 = 0;
             for x in &realised {
                 if let Value::Int(i) = x {
-                    total = total.checked_add(*i).ok_or_else(|| OpError::new("smelt::run::overflow", "integer overflow in `sum`"))?;
+                    total = total.checked_add(*i).ok_or_else(|| {
+                        OpError::new("smelt::run::overflow", "integer overflow in `sum`")
+                    })?;
                 }
             }
             return Ok(Value::Int(total));
         }
-        Ok(Value::Float(super::numbers("sum", &list, force)?.iter().sum()))
+        Ok(Value::Float(
+            super::numbers("sum", &list, force)?.iter().sum(),
+        ))
     }
 }
 
@@ -60,8 +68,14 @@ mod tests {
     fn ints_and_floats() {
         let f = &mut crate::ops::helpers::no_force;
         let ints = Value::list(vec![Value::Int(1), Value::Int(2)]);
-        assert_eq!(Sum.eval(&Args::new(vec![("xs", ints)]), f).unwrap(), Value::Int(3));
+        assert_eq!(
+            Sum.eval(&Args::new(vec![("xs", ints)]), f).unwrap(),
+            Value::Int(3)
+        );
         let mixed = Value::list(vec![Value::Int(1), Value::Float(0.5)]);
-        assert_eq!(Sum.eval(&Args::new(vec![("xs", mixed)]), f).unwrap(), Value::Float(1.5));
+        assert_eq!(
+            Sum.eval(&Args::new(vec![("xs", mixed)]), f).unwrap(),
+            Value::Float(1.5)
+        );
     }
 }

@@ -18,7 +18,10 @@ fn ret(args: &[Type]) -> Type {
         (Type::List(_, Some(n)), Type::List(_, Some(m))) if n == m => Some(*n),
         _ => None,
     };
-    Type::List(Box::new(Type::Tuple(vec![elem(&args[0]), elem(&args[1])])), len)
+    Type::List(
+        Box::new(Type::Tuple(vec![elem(&args[0]), elem(&args[1])])),
+        len,
+    )
 }
 
 static SIG: Signature = Signature {
@@ -45,19 +48,35 @@ impl Operator for Zip {
         &SIG
     }
 
-    fn eval(&self, args: &Args, force: &mut dyn FnMut(&Value) -> Result<Value, OpError>) -> Result<Value, OpError> {
+    fn eval(
+        &self,
+        args: &Args,
+        force: &mut dyn FnMut(&Value) -> Result<Value, OpError>,
+    ) -> Result<Value, OpError> {
         let xs = force(args.get("xs")?)?;
         let ys = force(args.get("ys")?)?;
         let (Some(xs), Some(ys)) = (xs.as_list(), ys.as_list()) else {
-            return Err(OpError::new("smelt::run::argument", "`zip` needs two lists"));
+            return Err(OpError::new(
+                "smelt::run::argument",
+                "`zip` needs two lists",
+            ));
         };
         if xs.len() != ys.len() {
             return Err(OpError::new(
                 "smelt::run::length_mismatch",
-                format!("`zip` of lists with different lengths ({} and {})", xs.len(), ys.len()),
+                format!(
+                    "`zip` of lists with different lengths ({} and {})",
+                    xs.len(),
+                    ys.len()
+                ),
             ));
         }
-        Ok(Value::list(xs.iter().zip(ys).map(|(a, b)| Value::Tuple(Arc::new(vec![a.clone(), b.clone()]))).collect()))
+        Ok(Value::list(
+            xs.iter()
+                .zip(ys)
+                .map(|(a, b)| Value::Tuple(Arc::new(vec![a.clone(), b.clone()])))
+                .collect(),
+        ))
     }
 }
 
@@ -72,6 +91,11 @@ mod tests {
         let out = Zip.eval(&args, &mut crate::ops::helpers::no_force).unwrap();
         assert_eq!(out.as_list().unwrap().len(), 2);
         let bad = Args::new(vec![("xs", l(vec![1])), ("ys", l(vec![3, 4]))]);
-        assert_eq!(Zip.eval(&bad, &mut crate::ops::helpers::no_force).unwrap_err().code, "smelt::run::length_mismatch");
+        assert_eq!(
+            Zip.eval(&bad, &mut crate::ops::helpers::no_force)
+                .unwrap_err()
+                .code,
+            "smelt::run::length_mismatch"
+        );
     }
 }

@@ -40,7 +40,12 @@ impl Operator for LoadModel {
         let path = std::path::Path::new(args.str("path")?);
         let dir = ModelDir::open(path)?;
         let abs = std::fs::canonicalize(path)?;
-        Ok(Value::Artifact(Arc::new(Artifact { kind: Kind::Model, dir: abs, key: cx.key, data: model_summary(&dir) })))
+        Ok(Value::Artifact(Arc::new(Artifact {
+            kind: Kind::Model,
+            dir: abs,
+            key: cx.key,
+            data: model_summary(&dir),
+        })))
     }
 }
 

@@ -58,6 +58,10 @@ impl Operator for Distance {
             }
         }
         let d = diff.sqrt();
-        Ok(Value::Float(if args.bool("relative")? { d / norm.sqrt().max(f64::MIN_POSITIVE) } else { d }))
+        Ok(Value::Float(if args.bool("relative")? {
+            d / norm.sqrt().max(f64::MIN_POSITIVE)
+        } else {
+            d
+        }))
     }
 }

@@ -12,12 +12,22 @@ static SIG: Signature = Signature {
     id: "merge.average",
     version: 1,
     summary: "Elementwise mean of models: θ = (1/n) Σ θᵢ.",
-    doc: "The uniform soup. Sums in f32 in input order, then multiplies by 1/n. Averaging one model \
+    doc:
+        "The uniform soup. Sums in f32 in input order, then multiplies by 1/n. Averaging one model \
           returns it bit for bit.",
-    params: &[Param::req("models", Ty::List(&Ty::Model), "Models with identical tensor names and shapes."), DTYPE_PARAM],
+    params: &[
+        Param::req(
+            "models",
+            Ty::List(&Ty::Model),
+            "Models with identical tensor names and shapes.",
+        ),
+        DTYPE_PARAM,
+    ],
     returns: Ty::Model,
     ret_fn: None,
-    examples: &["let m = load model(\"assets/models/minilm-l3-v8k\")\nlet soup = merge average([m, m])"],
+    examples: &[
+        "let m = load model(\"assets/models/minilm-l3-v8k\")\nlet soup = merge average([m, m])",
+    ],
     reference: Some("Wortsman et al., Model soups (ICML 2022), arXiv:2203.05482"),
     determinism: Determinism::Pure,
     kind: OpKind::Node,
@@ -37,7 +47,10 @@ impl Operator for Average {
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         let models = args.artifacts("models", Kind::Model)?;
         if models.is_empty() {
-            return Err(OpError::new("smelt::run::argument", "`merge average` of an empty list"));
+            return Err(OpError::new(
+                "smelt::run::argument",
+                "`merge average` of an empty list",
+            ));
         }
         let dirs = open_models(&models)?;
         let dtype = out_dtype(args, &dirs[0])?;

@@ -3,7 +3,9 @@
 //! The weighted sum is accumulated in f32 in input order. Weights may be negative. With one
 //! model and weight 1 the result is the input, bit for bit (in its own dtype).
 
-use super::{open_models, out_dtype, provenance, stream_to_model, validate_models, weighted_sum, DTYPE_PARAM};
+use super::{
+    open_models, out_dtype, provenance, stream_to_model, validate_models, weighted_sum, DTYPE_PARAM,
+};
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::types::Ty;
@@ -54,16 +56,27 @@ impl Operator for Linear {
         if args.bool("normalize")? {
             let total: f64 = weights.iter().sum();
             if total == 0.0 {
-                return Err(OpError::new("smelt::run::argument", "cannot normalize weights that sum to 0")
-                    .with_help("use normalize=false or weights with a non-zero sum"));
+                return Err(OpError::new(
+                    "smelt::run::argument",
+                    "cannot normalize weights that sum to 0",
+                )
+                .with_help("use normalize=false or weights with a non-zero sum"));
             }
             weights.iter_mut().for_each(|w| *w /= total);
         }
         let dirs = open_models(&models)?;
         let dtype = out_dtype(args, &dirs[0])?;
         let w32: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
-        let meta = provenance(cx, SIG.id, SIG.version, &models, &format!("weights={weights:?}"));
-        stream_to_model(cx, &dirs, dtype, meta, &mut |_, xs| Ok(weighted_sum(xs, &w32)))
+        let meta = provenance(
+            cx,
+            SIG.id,
+            SIG.version,
+            &models,
+            &format!("weights={weights:?}"),
+        );
+        stream_to_model(cx, &dirs, dtype, meta, &mut |_, xs| {
+            Ok(weighted_sum(xs, &w32))
+        })
     }
 }
 
@@ -88,11 +101,27 @@ mod tests {
     #[test]
     fn weighted_sum_with_negative_weights() {
         let t = tempfile::tempdir().unwrap();
-        tiny_model(&t.path().join("x"), &[1.0, 2.0, 3.0, 4.0], &[1.0, 1.0], Dtype::F32);
-        tiny_model(&t.path().join("y"), &[0.5, 0.5, 0.5, 0.5], &[2.0, -2.0], Dtype::F32);
+        tiny_model(
+            &t.path().join("x"),
+            &[1.0, 2.0, 3.0, 4.0],
+            &[1.0, 1.0],
+            Dtype::F32,
+        );
+        tiny_model(
+            &t.path().join("y"),
+            &[0.5, 0.5, 0.5, 0.5],
+            &[2.0, -2.0],
+            Dtype::F32,
+        );
         let args = Args::new(vec![
-            ("models", Value::list(vec![model(&t.path().join("x")), model(&t.path().join("y"))])),
-            ("weights", Value::list(vec![Value::Float(2.0), Value::Float(-1.0)])),
+            (
+                "models",
+                Value::list(vec![model(&t.path().join("x")), model(&t.path().join("y"))]),
+            ),
+            (
+                "weights",
+                Value::list(vec![Value::Float(2.0), Value::Float(-1.0)]),
+            ),
             ("normalize", Value::Bool(false)),
             ("dtype", Value::str("auto")),
         ]);

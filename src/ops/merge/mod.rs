@@ -36,7 +36,11 @@ pub fn dominant_dtype(dir: &ModelDir) -> Dtype {
             *counts.entry(t.dtype).or_default() += t.numel();
         }
     }
-    counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or(Dtype::F32)
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(d, _)| d)
+        .unwrap_or(Dtype::F32)
 }
 
 pub fn out_dtype(args: &Args, first: &ModelDir) -> Result<Dtype, OpError> {
@@ -72,12 +76,25 @@ pub fn validate_models(values: &[&Value]) -> Result<(), OpError> {
 }
 
 /// Provenance written into the result's safetensors `__metadata__`.
-pub fn provenance(cx: &OpCtx, op: &str, version: u32, inputs: &[&Arc<Artifact>], params: &str) -> BTreeMap<String, String> {
+pub fn provenance(
+    cx: &OpCtx,
+    op: &str,
+    version: u32,
+    inputs: &[&Arc<Artifact>],
+    params: &str,
+) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("format".into(), "pt".into());
     m.insert("smelt.op".into(), format!("{op}@{version}"));
     m.insert("smelt.node_key".into(), cx.key.hex());
-    m.insert("smelt.inputs".into(), inputs.iter().map(|a| a.key.hex()).collect::<Vec<_>>().join(","));
+    m.insert(
+        "smelt.inputs".into(),
+        inputs
+            .iter()
+            .map(|a| a.key.hex())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     m.insert("smelt.params".into(), params.into());
     m.insert("smelt.version".into(), env!("CARGO_PKG_VERSION").into());
     m
@@ -101,7 +118,12 @@ pub fn stream_to_model(
     let mut data = crate::ops::load::model::model_summary(&dir);
     data["merge_seconds"] = serde_json::json!(stats.seconds);
     data["bytes_read"] = serde_json::json!(stats.bytes_read);
-    Ok(Value::Artifact(Arc::new(Artifact { kind: Kind::Model, dir: out, key: cx.key, data })))
+    Ok(Value::Artifact(Arc::new(Artifact {
+        kind: Kind::Model,
+        dir: out,
+        key: cx.key,
+        data,
+    })))
 }
 
 /// `Σ_i w_i · x_i` elementwise, accumulated in f32 in input order (deterministic).
@@ -127,9 +149,21 @@ pub(crate) mod testutil {
     /// Write a two-tensor model with the given values into `dir`.
     pub fn tiny_model(dir: &Path, a: &[f32; 4], b: &[f32; 2], dtype: Dtype) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("config.json"), r#"{"model_type":"bert","vocab_size":4}"#).unwrap();
-        let specs = vec![("a".to_string(), dtype, vec![2, 2]), ("b".to_string(), dtype, vec![2])];
-        let mut w = SafetensorsWriter::create(&dir.join("model.safetensors"), &specs, WriterOptions::default()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"model_type":"bert","vocab_size":4}"#,
+        )
+        .unwrap();
+        let specs = vec![
+            ("a".to_string(), dtype, vec![2, 2]),
+            ("b".to_string(), dtype, vec![2]),
+        ];
+        let mut w = SafetensorsWriter::create(
+            &dir.join("model.safetensors"),
+            &specs,
+            WriterOptions::default(),
+        )
+        .unwrap();
         w.write_f32("a", a).unwrap();
         w.write_f32("b", b).unwrap();
         w.finish().unwrap();

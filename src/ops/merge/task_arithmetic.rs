@@ -48,7 +48,11 @@ impl Operator for TaskArithmetic {
         let base = args.artifact("base", Kind::Model)?;
         let models = args.artifacts("models", Kind::Model)?;
         let alphas: Vec<f32> = match args.get("alpha")? {
-            Value::List(_) => args.floats("alpha")?.into_iter().map(|a| a as f32).collect(),
+            Value::List(_) => args
+                .floats("alpha")?
+                .into_iter()
+                .map(|a| a as f32)
+                .collect(),
             _ => vec![args.float("alpha")? as f32; models.len()],
         };
         if alphas.len() != models.len() {
@@ -71,7 +75,11 @@ impl Operator for TaskArithmetic {
                 }
             }
             // A zero update keeps the base value bit for bit (also its sign of zero).
-            Ok(base.iter().zip(&delta).map(|(&b, &d)| if d == 0.0 { b } else { b + d }).collect())
+            Ok(base
+                .iter()
+                .zip(&delta)
+                .map(|(&b, &d)| if d == 0.0 { b } else { b + d })
+                .collect())
         })
     }
 }
