@@ -26,8 +26,10 @@ use crate::diag::OpError;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 
-/// The architecture-specific model.
+/// The architecture-specific model. (One per loaded checkpoint, so the variants' size
+/// difference costs nothing worth a box.)
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     Bert(BertModel),
     Llama(LlamaModel),
