@@ -1,17 +1,18 @@
-//! The type checker: resolves names and operator calls and checks every argument against the
+//! The type checker (statements and environment; expressions in `check_expr.rs`, calls in
+//! `check_call.rs`): resolves names and operator calls and checks every argument against the
 //! operator's signature, collecting all errors (never stopping at the first).
 //!
 //! `def`s are checked twice: once at their definition (parameters typed by their annotations,
 //! else unknown) and again at every call with the argument types (like a template), so a
 //! stdlib composition gets the same precise errors as a built-in.
 
-use super::calls::{did_you_mean, match_args, ParamSpec};
-use super::{accepts, unify, Ty, Type};
+use super::calls::did_you_mean;
+use super::{accepts, Ty, Type};
 use crate::diag::Diagnostic;
-use crate::sig::{SigLookup, Signature};
+use crate::sig::SigLookup;
 use crate::source::Span;
 use crate::syntax::ast::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A user or stdlib `def`.
@@ -104,12 +105,12 @@ pub fn domain_fields(ty: &Type) -> &'static [(&'static str, Ty)] {
 }
 
 pub struct Checker<'a> {
-    lookup: &'a dyn SigLookup,
-    env: &'a mut CheckEnv,
-    opts: CheckOptions<'a>,
-    diags: Vec<Diagnostic>,
-    scopes: Vec<HashMap<String, Type>>,
-    depth: usize,
+    pub(super) lookup: &'a dyn SigLookup,
+    pub(super) env: &'a mut CheckEnv,
+    pub(super) opts: CheckOptions<'a>,
+    pub(super) diags: Vec<Diagnostic>,
+    pub(super) scopes: Vec<HashMap<String, Type>>,
+    pub(super) depth: usize,
 }
 
 /// Check one module into `env`; returns its diagnostics (empty = OK).
@@ -161,7 +162,7 @@ pub fn type_of(lookup: &dyn SigLookup, env: &mut CheckEnv, expr: &Expr) -> (Type
 }
 
 impl Checker<'_> {
-    fn err(&mut self, d: Diagnostic) {
+    pub(super) fn err(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
 
@@ -396,7 +397,7 @@ impl Checker<'_> {
         }
     }
 
-    fn type_expr(&mut self, te: &TypeExpr) -> Type {
+    pub(super) fn type_expr(&mut self, te: &TypeExpr) -> Type {
         let args: Vec<Type> = te.args.iter().map(|a| self.type_expr(a)).collect();
         match Type::from_name(&te.name.name, &args) {
             Some(t) => t,
@@ -416,7 +417,7 @@ impl Checker<'_> {
         }
     }
 
-    fn expect_type(&mut self, ty: &Ty, t: &Type, span: Span, what: &str) {
+    pub(super) fn expect_type(&mut self, ty: &Ty, t: &Type, span: Span, what: &str) {
         if !accepts(ty, t) {
             self.err(
                 Diagnostic::error(
@@ -430,7 +431,7 @@ impl Checker<'_> {
         }
     }
 
-    fn lookup_name(&self, name: &str) -> Option<Type> {
+    pub(super) fn lookup_name(&self, name: &str) -> Option<Type> {
         for s in self.scopes.iter().rev() {
             if let Some(t) = s.get(name) {
                 return Some(t.clone());
@@ -439,671 +440,15 @@ impl Checker<'_> {
         self.env.globals.get(name).map(|(t, _)| t.clone())
     }
 
-    fn all_names(&self) -> Vec<String> {
+    pub(super) fn all_names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.scopes.iter().flat_map(|s| s.keys().cloned()).collect();
         v.extend(self.env.globals.keys().cloned());
         v.extend(self.env.defs.keys().cloned());
         v
     }
-
-    pub(crate) fn expr(&mut self, e: &Expr) -> Type {
-        match &e.kind {
-            ExprKind::Int(_) => Type::Int,
-            ExprKind::Float(_) => Type::Float,
-            ExprKind::Bool(_) => Type::Bool,
-            ExprKind::Str(_) => Type::Str,
-            ExprKind::None => Type::None,
-            ExprKind::Name(n) => match self.lookup_name(&n.name) {
-                Some(t) => t,
-                None => {
-                    let names = self.all_names();
-                    let mut d = Diagnostic::error(
-                        "smelt::check::unknown_name",
-                        format!("unknown name `{}`", n.name),
-                        n.span,
-                    )
-                    .with_label("not defined");
-                    d = match did_you_mean(&n.name, names.iter().map(|s| s.as_str())) {
-                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                        None if self.env.defs.contains_key(&n.name) => {
-                            d.with_help("a `def` must be called: add `(…)`")
-                        }
-                        None => d.with_help("define it with `let` before using it"),
-                    };
-                    self.err(d);
-                    Type::Unknown
-                }
-            },
-            ExprKind::List(items) => {
-                let mut elem = Type::Unknown;
-                for it in items {
-                    let t = self.expr(it);
-                    match unify(&elem, &t) {
-                        Some(u) => elem = u,
-                        None => {
-                            self.err(
-                                Diagnostic::error(
-                                    "smelt::check::mixed_list",
-                                    format!("list elements have different types: {elem} and {t}"),
-                                    it.span,
-                                )
-                                .with_label(format!("this is {t}"))
-                                .with_help("all elements of a list must have one type; use a record to group different things"),
-                            );
-                        }
-                    }
-                }
-                Type::List(Box::new(elem), Some(items.len()))
-            }
-            ExprKind::Record(fields) => {
-                let mut out = BTreeMap::new();
-                for (k, v) in fields {
-                    let t = self.expr(v);
-                    if out.insert(k.name.clone(), t).is_some() {
-                        self.err(
-                            Diagnostic::error(
-                                "smelt::check::duplicate_field",
-                                format!("field `{}` given twice", k.name),
-                                k.span,
-                            )
-                            .with_label("duplicate field")
-                            .with_help("remove one of them"),
-                        );
-                    }
-                }
-                Type::Record(out)
-            }
-            ExprKind::Comprehension {
-                body,
-                pattern,
-                iter,
-                cond,
-            } => {
-                let it = self.expr(iter);
-                let (elem, len) = match it {
-                    Type::List(e, n) => (*e, n),
-                    Type::Unknown => (Type::Unknown, None),
-                    other => {
-                        self.err(
-                            Diagnostic::error(
-                                "smelt::check::not_iterable",
-                                format!("cannot iterate over {other}"),
-                                iter.span,
-                            )
-                            .with_label(format!("this is {other}"))
-                            .with_help("`for` iterates over lists"),
-                        );
-                        (Type::Unknown, None)
-                    }
-                };
-                let mut scope = HashMap::new();
-                self.bind_pattern(pattern, elem, &mut scope);
-                self.scopes.push(scope);
-                if let Some(c) = cond {
-                    let t = self.expr(c);
-                    self.expect_type(&Ty::Bool, &t, c.span, "a filter condition");
-                }
-                let bt = self.expr(body);
-                self.scopes.pop();
-                Type::List(Box::new(bt), if cond.is_some() { None } else { len })
-            }
-            ExprKind::Call { callee, args } => self.call(callee, args, e.span),
-            ExprKind::Field { base, field } => {
-                let bt = self.expr(base);
-                match &bt {
-                    Type::Unknown => Type::Unknown,
-                    Type::Record(fs) if fs.is_empty() => Type::Unknown,
-                    Type::Record(fs) => match fs.get(&field.name) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let keys: Vec<&str> = fs.keys().map(|s| s.as_str()).collect();
-                            self.unknown_field(&bt, field, &keys)
-                        }
-                    },
-                    other => {
-                        let fields = domain_fields(other);
-                        match fields.iter().find(|(n, _)| *n == field.name) {
-                            Some((_, ty)) => Type::from_ty(ty),
-                            None => {
-                                let keys: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
-                                self.unknown_field(other, field, &keys)
-                            }
-                        }
-                    }
-                }
-            }
-            ExprKind::Index { base, index } => {
-                let bt = self.expr(base);
-                let it = self.expr(index);
-                self.expect_type(&Ty::Int, &it, index.span, "an index");
-                match bt {
-                    Type::List(e, n) => {
-                        if let (ExprKind::Int(i), Some(n)) = (&index.kind, n) {
-                            if *i < 0 || *i as usize >= n {
-                                self.err(
-                                    Diagnostic::error(
-                                        "smelt::check::index_out_of_range",
-                                        format!("index {i} is out of range for a list of {n}"),
-                                        index.span,
-                                    )
-                                    .with_label("out of range")
-                                    .with_help(format!(
-                                        "valid indices are 0..{}",
-                                        n.saturating_sub(1)
-                                    )),
-                                );
-                            }
-                        }
-                        *e
-                    }
-                    Type::Tuple(ts) => match &index.kind {
-                        ExprKind::Int(i) if (*i as usize) < ts.len() && *i >= 0 => {
-                            ts[*i as usize].clone()
-                        }
-                        _ => Type::Unknown,
-                    },
-                    Type::Unknown => Type::Unknown,
-                    other => {
-                        self.err(
-                            Diagnostic::error(
-                                "smelt::check::not_indexable",
-                                format!("cannot index into {other}"),
-                                base.span,
-                            )
-                            .with_label(format!("this is {other}"))
-                            .with_help("only lists and tuples can be indexed"),
-                        );
-                        Type::Unknown
-                    }
-                }
-            }
-            ExprKind::Binary { op, lhs, rhs } => {
-                let l = self.expr(lhs);
-                let r = self.expr(rhs);
-                self.binary(*op, l, r, lhs.span, rhs.span, e.span)
-            }
-            ExprKind::Unary { op, operand } => {
-                let t = self.expr(operand);
-                match op {
-                    UnOp::Neg => {
-                        self.expect_type(&Ty::Float, &t, operand.span, "`-`");
-                        if t == Type::Int {
-                            Type::Int
-                        } else {
-                            Type::Float
-                        }
-                    }
-                    UnOp::Not => {
-                        self.expect_type(&Ty::Bool, &t, operand.span, "`not`");
-                        Type::Bool
-                    }
-                }
-            }
-            ExprKind::Block { lets, result } => {
-                self.scopes.push(HashMap::new());
-                for (name, value) in lets {
-                    let t = self.expr(value);
-                    self.scopes
-                        .last_mut()
-                        .expect("scope")
-                        .insert(name.name.clone(), t);
-                }
-                let t = self.expr(result);
-                self.scopes.pop();
-                t
-            }
-        }
-    }
-
-    fn unknown_field(&mut self, on: &Type, field: &Ident, keys: &[&str]) -> Type {
-        let mut d = Diagnostic::error(
-            "smelt::check::unknown_field",
-            format!("{on} has no field `{}`", field.name),
-            field.span,
-        )
-        .with_label("unknown field");
-        d = match did_you_mean(&field.name, keys.iter().copied()) {
-            Some(s) => d.with_help(format!("did you mean `{s}`?")),
-            None if keys.is_empty() => d.with_help(format!("{on} has no fields")),
-            None => d.with_help(format!("fields: {}", keys.join(", "))),
-        };
-        self.err(d);
-        Type::Unknown
-    }
-
-    fn bind_pattern(&mut self, p: &Pattern, t: Type, scope: &mut HashMap<String, Type>) {
-        match p {
-            Pattern::Name(n) => {
-                scope.insert(n.name.clone(), t);
-            }
-            Pattern::Tuple(ps, span) => match t {
-                Type::Tuple(ts) if ts.len() == ps.len() => {
-                    for (p, t) in ps.iter().zip(ts) {
-                        self.bind_pattern(p, t, scope);
-                    }
-                }
-                Type::Unknown => {
-                    for p in ps {
-                        self.bind_pattern(p, Type::Unknown, scope);
-                    }
-                }
-                other => {
-                    self.err(
-                        Diagnostic::error(
-                            "smelt::check::pattern_mismatch",
-                            format!("cannot unpack {other} into {} names", ps.len()),
-                            *span,
-                        )
-                        .with_label("this pattern")
-                        .with_help("tuple patterns unpack the pairs made by `zip(xs, ys)`"),
-                    );
-                    for p in ps {
-                        self.bind_pattern(p, Type::Unknown, scope);
-                    }
-                }
-            },
-        }
-    }
-
-    fn binary(&mut self, op: BinOp, l: Type, r: Type, ls: Span, rs: Span, whole: Span) -> Type {
-        let mismatch = |c: &mut Self, help: &str| {
-            c.err(
-                Diagnostic::error(
-                    "smelt::check::bad_operands",
-                    format!("cannot apply `{}` to {l} and {r}", op.symbol()),
-                    whole,
-                )
-                .with_label(format!("{l} {} {r}", op.symbol()))
-                .with_help(help.to_string()),
-            );
-        };
-        let unknown = matches!(l, Type::Unknown) || matches!(r, Type::Unknown);
-        match op {
-            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
-                if op == BinOp::Add
-                    && matches!((&l, &r), (Type::Str | Type::Path, Type::Str | Type::Path))
-                {
-                    return Type::Str;
-                }
-                if l.is_numeric() && r.is_numeric() {
-                    return if op != BinOp::Div && l == Type::Int && r == Type::Int {
-                        Type::Int
-                    } else if unknown && op != BinOp::Div {
-                        Type::Unknown
-                    } else {
-                        Type::Float
-                    };
-                }
-                if unknown && (matches!(l, Type::Str) || matches!(r, Type::Str)) && op == BinOp::Add
-                {
-                    return Type::Str;
-                }
-                if matches!((&l, &r), (Type::List(..), Type::List(..))) && op == BinOp::Add {
-                    mismatch(self, "concatenate lists with `++`");
-                } else if matches!(l, Type::Str) || matches!(r, Type::Str) {
-                    mismatch(
-                        self,
-                        "`+` joins two strings; numbers are not converted implicitly",
-                    );
-                } else {
-                    mismatch(self, "arithmetic works on Int and Float");
-                }
-                Type::Unknown
-            }
-            BinOp::Concat => match (&l, &r) {
-                (Type::List(a, n), Type::List(b, m)) => match unify(a, b) {
-                    Some(e) => Type::List(Box::new(e), n.zip(*m).map(|(n, m)| n + m)),
-                    None => {
-                        mismatch(self, "both lists must have the same element type");
-                        Type::Unknown
-                    }
-                },
-                (Type::Unknown, t @ Type::List(..)) | (t @ Type::List(..), Type::Unknown) => {
-                    let Type::List(e, _) = t else {
-                        unreachable!("matched a list")
-                    };
-                    Type::List(e.clone(), None)
-                }
-                (Type::Unknown, Type::Unknown) => Type::Unknown,
-                _ => {
-                    let _ = (ls, rs);
-                    mismatch(
-                        self,
-                        "`++` concatenates two lists; wrap a single value in `[…]`",
-                    );
-                    Type::Unknown
-                }
-            },
-            BinOp::Eq | BinOp::Ne => {
-                if unify(&l, &r).is_none() {
-                    mismatch(self, "compare values of the same type");
-                }
-                Type::Bool
-            }
-            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let ok = (l.is_numeric() && r.is_numeric())
-                    || (matches!(l, Type::Str) && matches!(r, Type::Str));
-                if !ok {
-                    mismatch(self, "ordering comparisons need two numbers or two strings");
-                }
-                Type::Bool
-            }
-            BinOp::And | BinOp::Or => {
-                if !(accepts(&Ty::Bool, &l) && accepts(&Ty::Bool, &r)) {
-                    mismatch(self, "`and`/`or` need booleans");
-                }
-                Type::Bool
-            }
-        }
-    }
-
-    fn call(&mut self, callee: &Callee, args: &[Arg], span: Span) -> Type {
-        let dotted = callee.dotted();
-        if let Callee::Name(n) = callee {
-            if let Some(def) = self.env.defs.get(&n.name).cloned() {
-                return self.call_def(&def, args, span);
-            }
-        }
-        match self.lookup.sig(&dotted) {
-            Some(sig) => self.call_op(sig, args, span),
-            None => {
-                self.unknown_callee(callee);
-                for a in args {
-                    self.expr(&a.value);
-                }
-                Type::Unknown
-            }
-        }
-    }
-
-    fn unknown_callee(&mut self, callee: &Callee) {
-        let ids = self.lookup.ids();
-        let d = match callee {
-            Callee::Op { verb, method } => {
-                let methods: Vec<&str> = ids
-                    .iter()
-                    .filter_map(|id| id.strip_prefix(&format!("{}.", verb.name)))
-                    .collect();
-                if methods.is_empty() {
-                    let mut families: Vec<&str> = ids
-                        .iter()
-                        .filter_map(|id| id.split_once('.').map(|(f, _)| f))
-                        .collect();
-                    families.dedup();
-                    let d = Diagnostic::error(
-                        "smelt::check::unknown_operator",
-                        format!("unknown operator family `{}`", verb.name),
-                        verb.span,
-                    )
-                    .with_label("no such family");
-                    match did_you_mean(&verb.name, families.iter().copied()) {
-                        Some(s) => d.with_help(format!("did you mean `{s} {}`?", method.name)),
-                        None => d.with_help(format!("operator families: {}", families.join(", "))),
-                    }
-                } else {
-                    let d = Diagnostic::error(
-                        "smelt::check::unknown_operator",
-                        format!("`{}` has no method `{}`", verb.name, method.name),
-                        method.span,
-                    )
-                    .with_label("unknown method");
-                    match did_you_mean(&method.name, methods.iter().copied()) {
-                        Some(s) => d.with_help(format!("did you mean `{} {s}`?", verb.name)),
-                        None => d.with_help(format!(
-                            "methods of `{}`: {}",
-                            verb.name,
-                            methods.join(", ")
-                        )),
-                    }
-                }
-            }
-            Callee::Name(n) => {
-                let mut names: Vec<String> = ids
-                    .iter()
-                    .filter(|i| !i.contains('.'))
-                    .map(|s| s.to_string())
-                    .collect();
-                names.extend(self.env.defs.keys().cloned());
-                let d = Diagnostic::error(
-                    "smelt::check::unknown_function",
-                    format!("unknown function `{}`", n.name),
-                    n.span,
-                )
-                .with_label("not defined");
-                match did_you_mean(&n.name, names.iter().map(|s| s.as_str())) {
-                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                    None if ids.iter().any(|i| i.starts_with(&format!("{}.", n.name))) => d
-                        .with_help(format!(
-                            "`{}` is an operator family: write `{} METHOD(…)`",
-                            n.name, n.name
-                        )),
-                    None => d.with_help("define it with `def`, or see `smelt doc` for built-ins"),
-                }
-            }
-        };
-        self.err(d);
-    }
-
-    fn call_op(&mut self, sig: &'static Signature, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> = sig
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: p.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
-        let usage = sig.render();
-        let (slots, diags) = match_args(&sig.call_syntax(), &specs, args, span, &usage);
-        self.diags.extend(diags);
-        // Arguments not matched to a parameter are still checked for their own errors.
-        for a in args {
-            if !slots
-                .iter()
-                .any(|s| s.is_some_and(|e| std::ptr::eq(e, &a.value)))
-            {
-                self.expr(&a.value);
-            }
-        }
-        let mut types = Vec::with_capacity(sig.params.len());
-        let mut lens: HashMap<&str, (Option<usize>, Span)> = HashMap::new();
-        for (p, slot) in sig.params.iter().zip(&slots) {
-            let t = match slot {
-                None => p
-                    .default
-                    .map(|d| value_type(&d.value()))
-                    .unwrap_or(Type::Unknown),
-                Some(e) => {
-                    let t = self.arg(sig, p, e);
-                    if let Type::List(_, n) = &t {
-                        lens.insert(p.name, (*n, e.span));
-                    }
-                    t
-                }
-            };
-            types.push(t);
-        }
-        for (a, b) in sig.same_length {
-            if let (Some((Some(n), sa)), Some((Some(m), sb))) = (lens.get(a), lens.get(b)) {
-                if n != m {
-                    self.err(
-                        Diagnostic::error(
-                            "smelt::check::length_mismatch",
-                            format!("`{a}` has {n} elements but `{b}` has {m}"),
-                            *sb,
-                        )
-                        .with_label(format!("{m} elements"))
-                        .with_secondary(*sa, format!("{n} elements"))
-                        .with_help(format!(
-                            "`{}` needs one `{b}` entry per `{a}` entry",
-                            sig.call_syntax()
-                        )),
-                    );
-                }
-            }
-        }
-        match sig.ret_fn {
-            Some(f) => f(&types),
-            None => Type::from_ty(&sig.returns),
-        }
-    }
-
-    /// Check one argument against its parameter; returns the argument's type.
-    fn arg(&mut self, sig: &Signature, p: &crate::sig::Param, e: &Expr) -> Type {
-        // A bare word is an enum symbol when the parameter takes one and the name is unbound.
-        if let Some(words) = enum_words(&p.ty) {
-            let word = match &e.kind {
-                ExprKind::Name(n) if self.lookup_name(&n.name).is_none() => Some(n.name.as_str()),
-                ExprKind::Str(s) => Some(s.as_str()),
-                _ => None,
-            };
-            if let Some(w) = word {
-                if !words.contains(&w) {
-                    let mut d = Diagnostic::error(
-                        "smelt::check::bad_choice",
-                        format!(
-                            "`{w}` is not a valid `{}` for `{}`",
-                            p.name,
-                            sig.call_syntax()
-                        ),
-                        e.span,
-                    )
-                    .with_label("not one of the choices");
-                    d = match did_you_mean(w, words.iter().copied()) {
-                        Some(s) => d.with_help(format!(
-                            "did you mean `{s}`? choices: {}",
-                            words.join(", ")
-                        )),
-                        None => d.with_help(format!("choices: {}", words.join(", "))),
-                    };
-                    self.err(d);
-                }
-                return Type::Str;
-            }
-        }
-        let t = self.expr(e);
-        if !accepts(&p.ty, &t) {
-            let hint = match (&p.ty, &t) {
-                (Ty::List(inner), t) if accepts(inner, t) => {
-                    format!("wrap it in a list: `[{}]`", "…")
-                }
-                _ => format!("`{}` takes {}", p.name, p.ty),
-            };
-            self.err(
-                Diagnostic::error(
-                    "smelt::check::type_mismatch",
-                    format!(
-                        "`{}` of `{}` expects {}, found {t}",
-                        p.name,
-                        sig.call_syntax(),
-                        p.ty
-                    ),
-                    e.span,
-                )
-                .with_label(format!("this is {t}"))
-                .with_help(hint),
-            );
-        }
-        if let (Some((lo, hi)), Some(x)) = (p.range, literal_number(e)) {
-            if x < lo || x > hi {
-                self.err(
-                    Diagnostic::error(
-                        "smelt::check::out_of_range",
-                        format!(
-                            "`{}` = {x} is out of range for `{}`",
-                            p.name,
-                            sig.call_syntax()
-                        ),
-                        e.span,
-                    )
-                    .with_label(format!("must be in [{lo}, {hi}]"))
-                    .with_help(p.doc.to_string()),
-                );
-            }
-        }
-        t
-    }
-
-    fn call_def(&mut self, def: &DefInfo, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> = def
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: &p.name.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
-        let usage = def.usage();
-        let (slots, diags) = match_args(&def.name, &specs, args, span, &usage);
-        self.diags.extend(diags);
-        let mut scope = HashMap::new();
-        for (p, slot) in def.params.iter().zip(&slots) {
-            let t = match slot {
-                Some(e) => self.expr(e),
-                None => p
-                    .default
-                    .as_ref()
-                    .map(|d| self.expr(d))
-                    .unwrap_or(Type::Unknown),
-            };
-            if let Some(te) = &p.ty {
-                let want = self.type_expr(te);
-                if unify(&want, &t).is_none() {
-                    let at = slot.map(|e| e.span).unwrap_or(span);
-                    self.err(
-                        Diagnostic::error(
-                            "smelt::check::type_mismatch",
-                            format!(
-                                "`{}` of `{}` expects {want}, found {t}",
-                                p.name.name, def.name
-                            ),
-                            at,
-                        )
-                        .with_label(format!("this is {t}"))
-                        .with_help(format!("usage: {usage}")),
-                    );
-                }
-            }
-            scope.insert(p.name.name.clone(), t);
-        }
-        if self.depth > 32 {
-            self.err(
-                Diagnostic::error(
-                    "smelt::check::recursion",
-                    format!("`{}` calls itself", def.name),
-                    span,
-                )
-                .with_label("recursive call")
-                .with_help("defs cannot be recursive; use a comprehension"),
-            );
-            return Type::Unknown;
-        }
-        // Errors inside the body are reported at the body (already done at definition time
-        // for type-independent ones); here we only need the result type.
-        let saved_scopes = std::mem::take(&mut self.scopes);
-        self.scopes.push(scope);
-        self.depth += 1;
-        let before = self.diags.len();
-        let t = self.expr(&def.body);
-        self.depth -= 1;
-        let body_diags: Vec<Diagnostic> = self.diags.drain(before..).collect();
-        self.scopes = saved_scopes;
-        if let Some(first) = body_diags.into_iter().next() {
-            self.err(
-                Diagnostic::error(
-                    "smelt::check::def_body",
-                    format!("in this call of `{}`: {}", def.name, first.message),
-                    span,
-                )
-                .with_label("the error happens inside this call")
-                .with_help(first.help.unwrap_or_else(|| format!("usage: {usage}"))),
-            );
-        }
-        t
-    }
 }
 
-fn enum_words(ty: &Ty) -> Option<&'static [&'static str]> {
+pub(super) fn enum_words(ty: &Ty) -> Option<&'static [&'static str]> {
     match ty {
         Ty::Enum(w) => Some(w),
         Ty::Opt(inner) => enum_words(inner),
@@ -1124,7 +469,7 @@ pub fn literal_number(e: &Expr) -> Option<f64> {
     }
 }
 
-fn value_type(v: &crate::value::Value) -> Type {
+pub(super) fn value_type(v: &crate::value::Value) -> Type {
     use crate::value::Value;
     match v {
         Value::Int(_) => Type::Int,

@@ -7,6 +7,8 @@
 
 pub mod calls;
 pub mod check;
+mod check_call;
+mod check_expr;
 
 use std::collections::BTreeMap;
 use std::fmt;
