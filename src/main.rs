@@ -233,15 +233,7 @@ fn dry(
     let _ = fp.save();
     match mode {
         Mode::Plan => {
-            let line_of = |span: smelt::source::Span| {
-                let f = session.sources.get(span.file);
-                let line = f.text[..(span.lo as usize).min(f.text.len())]
-                    .matches('\n')
-                    .count()
-                    + 1;
-                format!("{}:{line}", f.name)
-            };
-            say(&smelt::plan::render(&nodes, &line_of));
+            say(&smelt::plan::render(&nodes, &session.sources));
         }
         _ => say(&format!(
             "ok: {} checked ({} operator calls, inputs resolved from headers) in {:.3}s\n",

@@ -67,7 +67,7 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 /// One line per node: status, operator, key, where, estimate.
-pub fn render(nodes: &[Node], line_of: &dyn Fn(crate::source::Span) -> String) -> String {
+pub fn render(nodes: &[Node], sources: &crate::source::SourceMap) -> String {
     let mut out = String::new();
     let (mut to_run, mut cached) = (0, 0);
     for n in nodes {
@@ -98,7 +98,7 @@ pub fn render(nodes: &[Node], line_of: &dyn Fn(crate::source::Span) -> String) -
             "{status:<7} {:<24} {}  {:<28} {cost}\n",
             n.op,
             n.key.short(),
-            line_of(n.span)
+            sources.location(n.span)
         );
     }
     out += &format!("{} nodes: {cached} cached, {to_run} to run\n", nodes.len());

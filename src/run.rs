@@ -295,20 +295,12 @@ fn write_record(
         )?;
     }
     let src = session.sources.get(program.main);
-    let line_of = |span: crate::source::Span| {
-        let f = session.sources.get(span.file);
-        let line = f.text[..(span.lo as usize).min(f.text.len())]
-            .matches('\n')
-            .count()
-            + 1;
-        format!("{}:{line}", f.name)
-    };
     let expects: Vec<_> = outputs
         .iter()
         .filter_map(|o| match o {
             Output::Expect { outcome, span } => Some(json!({
                 "claim": session.sources.snippet(*span),
-                "at": line_of(*span),
+                "at": session.sources.location(*span),
                 "passed": matches!(outcome, ExpectOutcome::Passed { .. }),
                 "values": match outcome {
                     ExpectOutcome::Passed { lhs, rhs } | ExpectOutcome::Failed { lhs, rhs } =>
@@ -336,7 +328,7 @@ fn write_record(
             "op_version": n.version,
             "params": n.params,
             "seed": n.seed,
-            "at": line_of(n.span),
+            "at": session.sources.location(n.span),
             "status": match &n.status { Status::Cached => "cached".to_string(), Status::Ran{..} => "ran".into(), s => format!("{s:?}").to_lowercase() },
             "seconds": match &n.status { Status::Ran { seconds } => *seconds, _ => 0.0 },
         })).collect::<Vec<_>>(),

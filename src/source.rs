@@ -81,6 +81,16 @@ impl SourceMap {
         text.get(span.lo as usize..span.hi as usize).unwrap_or("")
     }
 
+    /// `file:line` of a span's start (for run records and `smelt plan`).
+    pub fn location(&self, span: Span) -> String {
+        let f = self.get(span.file);
+        let line = f.text[..(span.lo as usize).min(f.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        format!("{}:{line}", f.name)
+    }
+
     pub fn len(&self) -> usize {
         self.files.len()
     }

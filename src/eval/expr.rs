@@ -428,14 +428,7 @@ impl<'a> Evaluator<'a> {
             .get(&id)
             .ok_or_else(|| internal(format!("unknown operator `{id}`"), span))?;
         let sig = op.signature();
-        let specs: Vec<ParamSpec> = sig
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: p.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
+        let specs = ParamSpec::of_signature(sig);
         let (slots, diags) = match_args(&id, &specs, args, span, "");
         if let Some(d) = diags.into_iter().next() {
             return Err(d);
@@ -490,14 +483,7 @@ impl<'a> Evaluator<'a> {
         args: &[Arg],
         span: crate::source::Span,
     ) -> Result<Value, Diagnostic> {
-        let specs: Vec<ParamSpec> = def
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: &p.name.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
+        let specs = ParamSpec::of_def(&def.params);
         let (slots, diags) = match_args(&def.name, &specs, args, span, "");
         if let Some(d) = diags.into_iter().next() {
             return Err(d);

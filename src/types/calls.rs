@@ -14,6 +14,32 @@ pub struct ParamSpec<'a> {
     pub has_default: bool,
 }
 
+impl ParamSpec<'static> {
+    /// The parameters of an operator signature.
+    pub fn of_signature(sig: &crate::sig::Signature) -> Vec<ParamSpec<'static>> {
+        sig.params
+            .iter()
+            .map(|p| ParamSpec {
+                name: p.name,
+                has_default: p.default.is_some(),
+            })
+            .collect()
+    }
+}
+
+impl<'a> ParamSpec<'a> {
+    /// The parameters of a `def`.
+    pub fn of_def(params: &'a [crate::syntax::ast::DefParam]) -> Vec<ParamSpec<'a>> {
+        params
+            .iter()
+            .map(|p| ParamSpec {
+                name: &p.name.name,
+                has_default: p.default.is_some(),
+            })
+            .collect()
+    }
+}
+
 /// For each parameter, the argument expression given for it (if any), plus diagnostics.
 pub fn match_args<'e>(
     callee: &str,

@@ -100,14 +100,7 @@ impl Checker<'_> {
     }
 
     pub(super) fn call_op(&mut self, sig: &'static Signature, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> = sig
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: p.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
+        let specs = ParamSpec::of_signature(sig);
         let usage = sig.render();
         let (slots, diags) = match_args(&sig.call_syntax(), &specs, args, span, &usage);
         self.diags.extend(diags);
@@ -240,14 +233,7 @@ impl Checker<'_> {
     }
 
     pub(super) fn call_def(&mut self, def: &DefInfo, args: &[Arg], span: Span) -> Type {
-        let specs: Vec<ParamSpec> = def
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                name: &p.name.name,
-                has_default: p.default.is_some(),
-            })
-            .collect();
+        let specs = ParamSpec::of_def(&def.params);
         let usage = def.usage();
         let (slots, diags) = match_args(&def.name, &specs, args, span, &usage);
         self.diags.extend(diags);
