@@ -194,7 +194,9 @@ fn expect_failure(
 /// Save a realised value: a model as an HF directory, a table as CSV/JSON/Markdown.
 pub fn save(v: &Value, dest: &Path) -> Result<(), OpError> {
     match v {
-        Value::Artifact(a) if a.kind == Kind::Model => copy_dir_atomic(&a.dir, dest),
+        Value::Artifact(a) if matches!(a.kind, Kind::Model | Kind::Adapter) => {
+            copy_dir_atomic(&a.dir, dest)
+        }
         Value::Artifact(a) if a.kind == Kind::Table => write_table(&Table::from_value(v), dest),
         Value::Record(_) | Value::List(_) => write_table(&Table::from_value(v), dest),
         other => Err(OpError::new(

@@ -441,6 +441,18 @@ impl<'a> Evaluator<'a> {
                     (ExprKind::Name(n), true) if self.lookup(&n.name).is_none() => {
                         Value::str(&n.name)
                     }
+                    (ExprKind::List(items), true)
+                        if items.iter().all(|i| {
+                            matches!(&i.kind, ExprKind::Name(n) if self.lookup(&n.name).is_none())
+                                || matches!(i.kind, ExprKind::Str(_))
+                        }) =>
+                    {
+                        let words = items.iter().map(|i| match &i.kind {
+                            ExprKind::Name(n) => Ok(Value::str(&n.name)),
+                            _ => self.eval(i),
+                        });
+                        Value::list(words.collect::<Result<Vec<_>, _>>()?)
+                    }
                     _ => self.eval(e)?,
                 },
             };
@@ -507,7 +519,8 @@ impl<'a> Evaluator<'a> {
 fn is_enum(ty: &Ty) -> bool {
     match ty {
         Ty::Enum(_) => true,
-        Ty::Opt(t) => is_enum(t),
+        Ty::Opt(t) | Ty::List(t) => is_enum(t),
+        Ty::Either(a, b) => is_enum(a) || is_enum(b),
         _ => false,
     }
 }

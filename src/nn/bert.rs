@@ -9,12 +9,17 @@
 //! The heads live in [`crate::nn::heads`]; without `cls.predictions.*` weights (the committed
 //! models have none) the MLM head is the **tied decoder only**: `logits = hidden · Eᵀ`.
 //! No dropout: this is the eval-mode forward.
+//!
+//! Prefix tuning hooks in through `prefix` (see [`crate::nn::peft::prefix`]): per layer its
+//! keys/values are prepended, the padding mask gets `P` leading ones and positions start at `P`
+//! (as HF with `past_key_values`).
 
 use crate::diag::OpError;
 use crate::nn::config::{BertConfig, BertFlavor};
 use crate::nn::heads::{ClassifierHead, MlmHead};
 use crate::nn::linear::Linear;
 use crate::nn::ops::{mask_rows, padding_bias, softmax_last, LayerNorm};
+use crate::nn::peft::prefix::{prepend, PrefixHook};
 use crate::nn::weights::Weights;
 use candle_core::{DType, Tensor, D};
 
@@ -46,6 +51,8 @@ pub struct BertModel {
     pub pooler: Option<Linear>,
     pub classifier: Option<ClassifierHead>,
     pub mlm: MlmHead,
+    /// Prefix-tuning keys/values prepended in every layer's attention.
+    pub prefix: Option<PrefixHook>,
 }
 
 /// Encoder outputs.
@@ -166,6 +173,7 @@ impl BertModel {
             pooler,
             classifier,
             mlm,
+            prefix: None,
         })
     }
 
@@ -191,24 +199,39 @@ impl BertModel {
         all_hidden: bool,
     ) -> Result<BertOutput, OpError> {
         let (b, t) = ids.dims2()?;
-        if t > self.position_limit() {
+        let p = self.prefix.as_ref().map_or(0, |h| h.len);
+        if t + p > self.position_limit() {
             return Err(OpError::new(
                 "smelt::model::sequence_too_long",
                 format!(
-                    "sequence of {t} tokens exceeds the model's {} positions",
+                    "sequence of {t} tokens (+ {p} prefix) exceeds the model's {} positions",
                     self.position_limit()
                 ),
             )
             .with_help("truncate the inputs"));
         }
-        let mut x = self.embed(ids, type_ids, mask)?;
-        let bias = mask.map(padding_bias).transpose()?;
+        let mut x = self.embed(ids, type_ids, mask, p)?;
+        let kv = self.prefix.as_ref().map(|h| (h.kv)()).transpose()?;
+        if kv.as_ref().is_some_and(|kv| kv.len() != self.layers.len()) {
+            return Err(OpError::new(
+                "smelt::peft::shape",
+                "the prefix has a different number of layers than the model",
+            ));
+        }
+        let bias = match mask {
+            Some(m) if p > 0 => {
+                let ones = Tensor::ones((b, p), m.dtype(), m.device())?;
+                Some(padding_bias(&Tensor::cat(&[&ones, m], 1)?)?)
+            }
+            m => m.map(padding_bias).transpose()?,
+        };
         let mut hidden_states = Vec::new();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             if all_hidden {
                 hidden_states.push(x.clone());
             }
-            x = self.layer_forward(layer, &x, bias.as_ref(), b, t)?;
+            let pre = kv.as_ref().map(|kv| &kv[i]);
+            x = self.layer_forward(layer, &x, bias.as_ref(), pre, b, t)?;
         }
         if all_hidden {
             hidden_states.push(x.clone());
@@ -239,6 +262,7 @@ impl BertModel {
         ids: &Tensor,
         type_ids: Option<&Tensor>,
         mask: Option<&Tensor>,
+        offset: usize,
     ) -> Result<Tensor, OpError> {
         let (b, t) = ids.dims2()?;
         let e = &self.embeddings;
@@ -254,9 +278,9 @@ impl BertModel {
             };
         }
         x = match self.config.flavor {
-            BertFlavor::Bert => x.broadcast_add(&e.position.narrow(0, 0, t)?)?,
+            BertFlavor::Bert => x.broadcast_add(&e.position.narrow(0, offset, t)?)?,
             BertFlavor::Roberta => {
-                let pos = roberta_positions(ids, mask, self.config.pad_token_id)?;
+                let pos = roberta_positions(ids, mask, self.config.pad_token_id, offset)?;
                 (x + e.position.index_select(&pos, 0)?.reshape((b, t, h))?)?
             }
         };
@@ -268,6 +292,7 @@ impl BertModel {
         l: &BertLayer,
         x: &Tensor,
         bias: Option<&Tensor>,
+        prefix: Option<&(Tensor, Tensor)>,
         b: usize,
         t: usize,
     ) -> candle_core::Result<Tensor> {
@@ -275,8 +300,11 @@ impl BertModel {
         let (nh, hd) = (c.num_attention_heads, c.head_dim());
         let heads = |y: Tensor| y.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous();
         let q = heads((l.query.forward(x)? * (1.0 / (hd as f64).sqrt()))?)?;
-        let k = heads(l.key.forward(x)?)?;
-        let v = heads(l.value.forward(x)?)?;
+        let mut k = heads(l.key.forward(x)?)?;
+        let mut v = heads(l.value.forward(x)?)?;
+        if let Some((pk, pv)) = prefix {
+            (k, v) = (prepend(pk, &k)?, prepend(pv, &v)?);
+        }
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(m) = bias {
             scores = scores.broadcast_add(m)?;
@@ -337,8 +365,14 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> 
     s.broadcast_div(&m.sum(1)?)
 }
 
-/// HF `create_position_ids_from_input_ids`: `pad + cumsum(non-pad)` on tokens, `pad` on padding.
-fn roberta_positions(ids: &Tensor, mask: Option<&Tensor>, pad: u32) -> Result<Tensor, OpError> {
+/// HF `create_position_ids_from_input_ids`: `pad + offset + cumsum(non-pad)` on tokens, `pad` on
+/// padding (`offset` = HF's `past_key_values_length`).
+fn roberta_positions(
+    ids: &Tensor,
+    mask: Option<&Tensor>,
+    pad: u32,
+    offset: usize,
+) -> Result<Tensor, OpError> {
     let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
     let keep = match mask {
         Some(m) => mask_rows(m)?,
@@ -349,7 +383,7 @@ fn roberta_positions(ids: &Tensor, mask: Option<&Tensor>, pad: u32) -> Result<Te
     };
     let mut pos = Vec::with_capacity(rows.len() * rows.first().map_or(0, |r| r.len()));
     for (r, k) in rows.iter().zip(&keep) {
-        let mut n = pad;
+        let mut n = pad + offset as u32;
         for (&id, &kept) in r.iter().zip(k) {
             if id != pad && kept {
                 n += 1;
@@ -416,6 +450,37 @@ mod tests {
     }
 
     #[test]
+    fn prefix_keeps_right_padding_invariance_and_uses_positions() {
+        for flavor in ["bert", "roberta"] {
+            let c = tiny(flavor);
+            let mut m = model(&c, &[], "");
+            let kv: Vec<(Tensor, Tensor)> = (0..2)
+                .map(|_| {
+                    let r = || Tensor::randn(0f32, 1.0, (4, 3, 4), &Device::Cpu).unwrap();
+                    (r(), r())
+                })
+                .collect();
+            m.prefix = Some(PrefixHook {
+                len: 3,
+                kv: std::sync::Arc::new(move || Ok(kv.clone())),
+            });
+            let pad = c.pad_token_id;
+            let ids = Tensor::new(&[[3u32, 9, 4]], &Device::Cpu).unwrap();
+            let h = m.forward(&ids, None, None).unwrap();
+            let padded = Tensor::new(&[[3u32, 9, 4, pad, pad]], &Device::Cpu).unwrap();
+            let mask = Tensor::new(&[[1u32, 1, 1, 0, 0]], &Device::Cpu).unwrap();
+            let hp = m.forward(&padded, None, Some(&mask)).unwrap();
+            let d = max_abs_diff(&h, &hp.narrow(1, 0, 3).unwrap()).unwrap();
+            assert!(d < 1e-5, "{flavor}: {d}");
+            // 20 positions (bert) / 18 (roberta): the prefix takes 3 of them.
+            let n = m.position_limit() - 2;
+            let long = Tensor::ones((1, n), DType::U32, &Device::Cpu).unwrap();
+            let e = m.forward(&long, None, None).unwrap_err();
+            assert_eq!(e.code, "smelt::model::sequence_too_long");
+        }
+    }
+
+    #[test]
     fn prefixed_checkpoint_with_heads() {
         let c = tiny("bert");
         let extra = [
@@ -458,7 +523,7 @@ mod tests {
     #[test]
     fn roberta_positions_skip_padding() {
         let ids = Tensor::new(&[[0u32, 5, 6, 2, 1, 1]], &Device::Cpu).unwrap();
-        let p = roberta_positions(&ids, None, 1)
+        let p = roberta_positions(&ids, None, 1, 0)
             .unwrap()
             .to_vec1::<u32>()
             .unwrap();

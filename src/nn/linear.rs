@@ -9,7 +9,16 @@
 //! Two optional hooks serve the PEFT modules in `nn::peft`: `lora_input` transforms `x` on the
 //! LoRA path only (PEFT's `lora_dropout`: `y = xWᵀ + b + s·(drop(x) Aᵀ) Bᵀ`), and `output`
 //! maps the whole output `y ↦ h(y)` (Houlsby bottleneck adapters after a sublayer's projection).
+//!
+//! Quantized base (QLoRA): [`Linear::quantize`] moves the frozen weight into a
+//! [`QuantTensor`] (`quant`), and `weight` becomes a stride-0 placeholder of the right shape,
+//! dtype and device (no storage). Read the frozen values through [`Linear::frozen_weight`]
+//! (dequantized on demand) and replace them with [`Linear::set_frozen_weight`] (re-quantized in
+//! the same format, as PEFT's merge into a 4-bit layer, so merging there is lossy). The forward
+//! dequantizes and then runs the ordinary matmul, so gradients reach LoRA/adapters exactly as on
+//! a dense layer.
 
+use crate::nn::quant::{QuantBits, QuantTensor};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
@@ -70,7 +79,8 @@ impl LoraDelta {
 /// `y = x Wᵀ + b (+ LoRA)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out, in]`, frozen.
+    /// `[out, in]`, frozen. A storage-less placeholder when `quant` is set: use
+    /// [`Linear::frozen_weight`] to read the values.
     pub weight: Tensor,
     /// `[out]`, frozen.
     pub bias: Option<Tensor>,
@@ -80,6 +90,8 @@ pub struct Linear {
     pub lora_input: Option<LinearHook>,
     /// Applied to the full output `[N, out]` (e.g. a bottleneck adapter with its residual).
     pub output: Option<LinearHook>,
+    /// The frozen weight in quantized form (then `weight` is a placeholder).
+    pub quant: Option<Arc<QuantTensor>>,
 }
 
 impl Linear {
@@ -90,6 +102,55 @@ impl Linear {
             lora: None,
             lora_input: None,
             output: None,
+            quant: None,
+        }
+    }
+
+    /// The frozen weight `[out, in]`: `weight`, or the quantized block dequantized to
+    /// `weight`'s dtype.
+    pub fn frozen_weight(&self) -> Result<Tensor> {
+        match &self.quant {
+            Some(q) => q.dequantize(self.weight.dtype()),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
+    /// Replaces the frozen weight (same shape), re-quantizing it when the layer is quantized.
+    pub fn set_frozen_weight(&mut self, w: Tensor) -> Result<()> {
+        if w.dims() != self.weight.dims() {
+            candle_core::bail!(
+                "new weight {:?} does not fit a {:?} layer",
+                w.dims(),
+                self.weight.dims()
+            )
+        }
+        match self.quant.as_ref().map(|q| q.bits) {
+            Some(bits) => self.quantize_from(&w, bits),
+            None => {
+                self.weight = w;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores the frozen weight blockwise-quantized (see [`crate::nn::quant`]).
+    pub fn quantize(&mut self, bits: QuantBits) -> Result<()> {
+        let w = self.frozen_weight()?;
+        self.quantize_from(&w, bits)
+    }
+
+    fn quantize_from(&mut self, w: &Tensor, bits: QuantBits) -> Result<()> {
+        let q = QuantTensor::quantize(w, bits)?;
+        self.weight = Tensor::zeros((), w.dtype(), w.device())?.broadcast_as(w.dims())?;
+        self.quant = Some(Arc::new(q));
+        Ok(())
+    }
+
+    /// Bytes held by the frozen weight (quantized storage, or the dense tensor).
+    pub fn frozen_bytes(&self) -> usize {
+        match &self.quant {
+            Some(q) => q.storage_bytes(),
+            None => self.weight.elem_count() * self.weight.dtype().size_in_bytes(),
         }
     }
 
@@ -135,42 +196,52 @@ impl Linear {
     }
 
     fn base_2d(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = self.frozen_weight()?;
         let plain = |x: &Tensor| {
-            let y = x.matmul(&self.weight.t()?)?;
+            let y = x.matmul(&weight.t()?)?;
             match &self.bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
             }
         };
-        if !(x.track_op() && x.device().is_cpu()) || self.weight.track_op() {
+        if !(x.track_op() && x.device().is_cpu()) || weight.track_op() {
             return plain(x);
         }
         // Tracked input, frozen weight: candle's matmul backward would also compute the unused
         // `∂L/∂W = gᵀx` (as much work as the forward product) and the bias sum; this op keeps
         // only `∂L/∂x = g·W`.
         let y = plain(&x.detach())?.contiguous()?;
-        x.apply_op1(FrozenLinear {
-            weight: self.weight.clone(),
-            y,
-        })
+        x.apply_op1(FrozenLinear { weight, y })
     }
 
-    /// The frozen layer cast to `dtype` (the LoRA delta, if any, is dropped: re-attach it).
+    /// The frozen layer cast to `dtype` (the LoRA delta, if any, is dropped: re-attach it). A
+    /// quantized layer stays quantized and dequantizes to `dtype`.
     pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Linear> {
         let bias = self.bias.as_ref().map(|b| b.to_dtype(dtype)).transpose()?;
-        Ok(Linear::new(self.weight.to_dtype(dtype)?, bias))
+        let weight = match &self.quant {
+            // keep the placeholder storage-less
+            Some(_) => {
+                Tensor::zeros((), dtype, self.weight.device())?.broadcast_as(self.weight.dims())?
+            }
+            None => self.weight.to_dtype(dtype)?,
+        };
+        let mut l = Linear::new(weight, bias);
+        l.quant = self.quant.clone();
+        Ok(l)
     }
 
-    /// `W + scale · B · A` (just `W` without a delta).
+    /// `W + scale · B · A` (just `W` without a delta; `W` dequantized when quantized).
     pub fn merged_weight(&self) -> Result<Tensor> {
+        let w = self.frozen_weight()?;
         match &self.lora {
-            Some(l) => self.weight.add(&l.delta_weight()?),
-            None => Ok(self.weight.clone()),
+            Some(l) => w.add(&l.delta_weight()?),
+            None => Ok(w),
         }
     }
 
     /// A copy with the delta folded into a new frozen weight (detached from autograd); the
-    /// `output` hook is kept, the LoRA input hook goes with the delta.
+    /// `output` hook is kept, the LoRA input hook goes with the delta. The copy is dense even
+    /// when `self` is quantized (so merged ≡ unmerged holds to f32 rounding).
     pub fn merged(&self) -> Result<Linear> {
         let mut m = Linear::new(self.merged_weight()?.detach(), self.bias.clone());
         m.output = self.output.clone();
@@ -296,6 +367,38 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(l.lora.is_none());
+    }
+
+    #[test]
+    fn quantized_layer_dequantizes_and_trains_lora() {
+        use crate::nn::quant::QuantBits;
+        let mut l = Linear::new(randn(&[8, 64]), Some(randn(&[8])));
+        let dense = l.clone();
+        l.quantize(QuantBits::Int8).unwrap();
+        assert_eq!((l.out_dim(), l.in_dim()), (8, 64));
+        assert_eq!(l.frozen_bytes(), 8 * 64 + 8 * 4);
+        let x = randn(&[3, 64]);
+        let want = dense.forward(&x).unwrap();
+        let d = max_abs_diff(&l.forward(&x).unwrap(), &want).unwrap();
+        assert!(d > 0.0 && d < 0.2, "int8 vs dense: {d}");
+        let a = Var::from_tensor(&randn(&[2, 64])).unwrap();
+        let b = Var::from_tensor(&randn(&[8, 2])).unwrap();
+        let delta = LoraDelta::new(a.as_tensor().clone(), b.as_tensor().clone(), 0.5, 64, 8);
+        l.set_lora(delta.unwrap()).unwrap();
+        let loss = l.forward(&x).unwrap().sqr().unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert!(g.get(a.as_tensor()).is_some() && g.get(b.as_tensor()).is_some());
+        assert!(g.get(&l.weight).is_none());
+        let merged = l.merged().unwrap();
+        assert!(merged.quant.is_none());
+        let d = max_abs_diff(&l.forward(&x).unwrap(), &merged.forward(&x).unwrap()).unwrap();
+        assert!(d < 1e-4, "merged vs unmerged: {d}");
+        // Replacing the frozen weight re-quantizes; a cast stays quantized.
+        l.set_frozen_weight(dense.weight.clone()).unwrap();
+        assert!(l.quant.is_some());
+        let l64 = l.to_dtype(DType::F64).unwrap();
+        assert!(l64.quant.is_some() && l64.frozen_weight().unwrap().dtype() == DType::F64);
+        assert!(l.set_frozen_weight(randn(&[8, 63])).is_err());
     }
 
     #[test]

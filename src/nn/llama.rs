@@ -7,11 +7,16 @@
 //! KV group are folded into the row dimension of one matmul. Positions are `0..T` (as HF's
 //! forward without `position_ids`), so batches should be right-padded. There is no KV cache:
 //! `generate` re-runs the full sequence per token, which is fine for short greedy checks.
+//!
+//! Prefix tuning hooks in through `prefix` (see [`crate::nn::peft::prefix`]): per layer `P`
+//! key/value vectors per KV head are prepended after RoPE (prefix keys are not rotated), every
+//! query sees them, and the real tokens take positions `P..P+T`, as HF with `past_key_values`.
 
 use crate::diag::OpError;
 use crate::nn::config::LlamaConfig;
 use crate::nn::linear::Linear;
 use crate::nn::ops::{causal_bias, rms_norm, rope, softmax_last};
+use crate::nn::peft::prefix::{prepend, PrefixHook};
 use crate::nn::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -37,6 +42,8 @@ pub struct LlamaModel {
     /// The output projection; shares `embed_tokens` when `tied`.
     pub lm_head: Linear,
     pub tied: bool,
+    /// Prefix-tuning keys/values prepended in every layer's attention.
+    pub prefix: Option<PrefixHook>,
     /// RoPE tables `[max_positions, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
@@ -130,13 +137,14 @@ impl LlamaModel {
             norm,
             lm_head,
             tied,
+            prefix: None,
             cos,
             sin,
         })
     }
 
     /// The model with every weight cast to `dtype` (e.g. F64 for reference checks, BF16 for
-    /// speed); LoRA deltas are dropped.
+    /// speed); LoRA deltas and the prefix are dropped.
     pub fn to_dtype(&self, dtype: DType) -> Result<LlamaModel, OpError> {
         let cast = |t: &Tensor| t.to_dtype(dtype);
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -166,6 +174,7 @@ impl LlamaModel {
             norm: cast(&self.norm)?,
             lm_head,
             tied: self.tied,
+            prefix: None,
             cos: cast(&self.cos)?,
             sin: cast(&self.sin)?,
         })
@@ -194,24 +203,40 @@ impl LlamaModel {
     ) -> Result<LlamaOutput, OpError> {
         let c = &self.config;
         let (b, t) = ids.dims2()?;
-        if t == 0 || t > self.cos.dim(0)? {
+        let p = self.prefix.as_ref().map_or(0, |h| h.len);
+        if t == 0 || t + p > self.cos.dim(0)? {
             return Err(OpError::new(
                 "smelt::model::sequence_too_long",
-                format!("sequence of {t} tokens is outside 1..={}", self.cos.dim(0)?),
+                format!(
+                    "sequence of {t} tokens (+ {p} prefix) is outside 1..={}",
+                    self.cos.dim(0)?
+                ),
             ));
         }
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, c.hidden_size))?;
-        let bias = causal_bias(b, t, mask, x.device())?.to_dtype(x.dtype())?;
-        let (cos, sin) = (self.cos.narrow(0, 0, t)?, self.sin.narrow(0, 0, t)?);
+        let mut bias = causal_bias(b, t, mask, x.device())?.to_dtype(x.dtype())?;
+        let kv = self.prefix.as_ref().map(|h| (h.kv)()).transpose()?;
+        if kv.as_ref().is_some_and(|kv| kv.len() != self.layers.len()) {
+            return Err(OpError::new(
+                "smelt::peft::shape",
+                "the prefix has a different number of layers than the model",
+            ));
+        }
+        if p > 0 {
+            let open = Tensor::zeros((b, 1, t, p), bias.dtype(), bias.device())?;
+            bias = Tensor::cat(&[&open, &bias], 3)?;
+        }
+        let (cos, sin) = (self.cos.narrow(0, p, t)?, self.sin.narrow(0, p, t)?);
         let mut hidden_states = Vec::new();
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             if all_hidden {
                 hidden_states.push(x.clone());
             }
-            x = self.layer_forward(layer, &x, &bias, &cos, &sin)?;
+            let pre = kv.as_ref().map(|kv| &kv[i]);
+            x = self.layer_forward(layer, &x, &bias, pre, &cos, &sin)?;
         }
         let x = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
         if all_hidden {
@@ -228,6 +253,7 @@ impl LlamaModel {
         l: &LlamaLayer,
         x: &Tensor,
         bias: &Tensor,
+        prefix: Option<&(Tensor, Tensor)>,
         cos: &Tensor,
         sin: &Tensor,
     ) -> candle_core::Result<Tensor> {
@@ -238,13 +264,17 @@ impl LlamaModel {
         let h = rms_norm(x, &l.input_norm, c.rms_norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
         let q = rope(&heads(l.q_proj.forward(&h)?, nh)?, cos, sin)?;
-        let k = rope(&heads(l.k_proj.forward(&h)?, nkv)?, cos, sin)?;
-        let v = heads(l.v_proj.forward(&h)?, nkv)?;
-        // Fold the `rep` query heads sharing one KV head into rows: [B, nkv, rep·T, hd].
+        let mut k = rope(&heads(l.k_proj.forward(&h)?, nkv)?, cos, sin)?;
+        let mut v = heads(l.v_proj.forward(&h)?, nkv)?;
+        if let Some((pk, pv)) = prefix {
+            (k, v) = (prepend(pk, &k)?, prepend(pv, &v)?);
+        }
+        let s = k.dim(2)?; // keys: prefix + T
+                           // Fold the `rep` query heads sharing one KV head into rows: [B, nkv, rep·T, hd].
         let q = (q * (1.0 / (hd as f64).sqrt()))?.reshape((b, nkv, rep * t, hd))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, s))?;
         let scores = scores.broadcast_add(&bias.unsqueeze(1)?)?;
-        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, t))?;
+        let probs = softmax_last(&scores)?.reshape((b, nkv, rep * t, s))?;
         let ctx = probs
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
@@ -356,6 +386,43 @@ mod tests {
         let p = m.forward(&padded, Some(&mask)).unwrap();
         assert!(max_abs_diff(&p.narrow(1, 0, 3).unwrap(), &prefix).unwrap() < 1e-5);
         assert!(m.tied && m.linears_mut().len() == 14);
+    }
+
+    #[test]
+    fn prefix_of_earlier_keys_values_equals_the_full_sequence() {
+        // HF `past_key_values` semantics: a prefix holding the RoPE'd keys and the values of
+        // tokens 0..P must give the later tokens (positions P..) the full-sequence logits.
+        let mut m = model(&tiny(LlamaFlavor::Qwen2));
+        let ids = Tensor::new(&[[3u32, 7, 1, 9, 4]], &Device::Cpu).unwrap();
+        let full = m.forward(&ids, None).unwrap();
+        let (p, c) = (2, m.config.clone());
+        let hs = m
+            .forward_hidden(&ids.narrow(1, 0, p).unwrap(), None, true)
+            .unwrap()
+            .hidden_states;
+        let (cos, sin) = (
+            m.cos.narrow(0, 0, p).unwrap(),
+            m.sin.narrow(0, 0, p).unwrap(),
+        );
+        let heads = |y: Tensor| {
+            y.reshape((1, p, c.num_key_value_heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let mut kv = Vec::new();
+        for (i, l) in m.layers.iter().enumerate() {
+            let h = rms_norm(&hs[i], &l.input_norm, c.rms_norm_eps).unwrap();
+            let k = rope(&heads(l.k_proj.forward(&h).unwrap()).unwrap(), &cos, &sin).unwrap();
+            let v = heads(l.v_proj.forward(&h).unwrap()).unwrap();
+            kv.push((k.squeeze(0).unwrap(), v.squeeze(0).unwrap()));
+        }
+        m.prefix = Some(PrefixHook {
+            len: p,
+            kv: std::sync::Arc::new(move || Ok(kv.clone())),
+        });
+        let tail = m.forward(&ids.narrow(1, p, 3).unwrap(), None).unwrap();
+        let d = max_abs_diff(&tail, &full.narrow(1, p, 3).unwrap()).unwrap();
+        assert!(d < 1e-5, "prefix vs full sequence: {d}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod peft;
+pub mod quant;
 pub mod tokenizer;
 pub mod weights;
 

@@ -12,11 +12,13 @@
 pub mod args;
 pub mod ctx;
 pub mod data;
+pub mod evaluate;
 pub mod helpers;
 pub mod load;
 pub mod measure;
 pub mod merge;
 pub mod model;
+pub mod train;
 
 pub use args::Args;
 pub use ctx::OpCtx;
@@ -122,6 +124,7 @@ pub fn builtin_registry() -> Registry {
     r.add(load::model::LoadModel);
     r.add(load::task::LoadTask);
     r.add(load::task::LoadTasks);
+    r.add(load::adapter::LoadAdapter);
     // Task data.
     r.add(data::kshot::KShot);
     r.add(data::subsample::Subsample);
@@ -130,11 +133,19 @@ pub fn builtin_registry() -> Registry {
     r.add(data::synthetic::Synthetic);
     // Model transformations.
     r.add(model::perturb::Perturb);
+    r.add(model::apply::Apply);
+    // Training.
+    r.add(train::full::TrainFull);
+    r.add(train::lora::TrainLora);
+    r.add(train::adapter::TrainAdapter);
     // Merging.
     r.add(merge::average::Average);
     r.add(merge::linear::Linear);
     r.add(merge::task_arithmetic::TaskArithmetic);
     // Measurements.
     r.add(measure::distance::Distance);
+    r.add(measure::score::Score);
+    // Evaluation.
+    r.add(evaluate::Evaluate);
     r
 }

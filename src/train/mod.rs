@@ -14,6 +14,8 @@
 //! `ChaCha8Rng::seed_from_u64`, so a run is reproducible bit for bit on one machine.
 
 pub mod classify;
+pub mod delta;
+pub mod feed;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

@@ -45,6 +45,10 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     pub restore_best: bool,
     pub progress: bool,
+    /// Group id (e.g. task index) of every example: batches then never mix groups (per-task
+    /// batches of multi-task training); each epoch shuffles within groups, cuts each group
+    /// into batches and shuffles the batch order.
+    pub groups: Option<Vec<usize>>,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +67,7 @@ impl Default for TrainConfig {
             patience: None,
             restore_best: true,
             progress: false,
+            groups: None,
         }
     }
 }
@@ -122,7 +127,18 @@ pub fn train(
         }
     }
     let eff = cfg.batch_size * cfg.grad_accum;
-    let per_epoch = n.div_ceil(eff);
+    if let Some(g) = &cfg.groups {
+        if g.len() != n {
+            return Err(bad(format!("{} group ids for {n} examples", g.len())));
+        }
+    }
+    let per_epoch = epoch_batches(
+        &mut ChaCha8Rng::seed_from_u64(0),
+        n,
+        eff,
+        cfg.groups.as_deref(),
+    )
+    .len();
     let total = cfg.max_steps.unwrap_or(cfg.epochs * per_epoch);
     let schedule = Schedule {
         kind: cfg.schedule,
@@ -143,11 +159,10 @@ pub fn train(
     let mut rep = TrainReport::default();
     let mut best_vals: Option<Vec<Tensor>> = None;
     let mut bad_evals = 0usize;
-    let mut order: Vec<usize> = (0..n).collect();
     'outer: while rep.steps < total {
-        order.shuffle(&mut rng);
+        let batches = epoch_batches(&mut rng, n, eff, cfg.groups.as_deref());
         rep.epochs += 1;
-        for chunk in order.chunks(eff) {
+        for chunk in &batches {
             if rep.steps >= total {
                 break 'outer;
             }
@@ -240,6 +255,37 @@ pub fn train(
     }
     rep.seconds = start.elapsed().as_secs_f64();
     Ok(rep)
+}
+
+/// One epoch's optimizer batches (each of ≤ `eff` examples). Without groups: shuffle `0..n`
+/// and cut it in order. With groups: shuffle each group's members, cut each group, then shuffle
+/// the batch order (all from the one run stream, so a run stays a function of its seed).
+fn epoch_batches(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    eff: usize,
+    groups: Option<&[usize]>,
+) -> Vec<Vec<usize>> {
+    match groups {
+        None => {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(rng);
+            order.chunks(eff).map(<[usize]>::to_vec).collect()
+        }
+        Some(g) => {
+            let mut by: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+            for (i, &k) in g.iter().enumerate() {
+                by.entry(k).or_default().push(i);
+            }
+            let mut batches = Vec::new();
+            for members in by.values_mut() {
+                members.shuffle(rng);
+                batches.extend(members.chunks(eff).map(<[usize]>::to_vec));
+            }
+            batches.shuffle(rng);
+            batches
+        }
+    }
 }
 
 /// Runs the dev metric (if any); returns whether patience ran out.
@@ -373,5 +419,22 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, "smelt::train::bad_config");
         assert!(train(&cfg, &[], 0, None, &mut loss, None).is_err());
+    }
+
+    #[test]
+    fn grouped_batches_never_mix_groups_and_cover_each_example_once() {
+        let groups: Vec<usize> = (0..23).map(|i| i % 3).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let b = epoch_batches(&mut rng, 23, 4, Some(&groups));
+        assert!(b
+            .iter()
+            .all(|x| x.len() <= 4 && x.iter().all(|&i| groups[i] == groups[x[0]])));
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..23).collect::<Vec<_>>());
+        // 8, 8, 7 members → 2 + 2 + 2 batches
+        assert_eq!(b.len(), 6);
+        let again = epoch_batches(&mut ChaCha8Rng::seed_from_u64(5), 23, 4, Some(&groups));
+        assert_eq!(b, again);
     }
 }

@@ -293,7 +293,7 @@ impl Checker<'_> {
             }
             StmtKind::Save { value, path } => {
                 let t = self.expr(value);
-                if !matches!(t, Type::Model | Type::Table | Type::Unknown) {
+                if !matches!(t, Type::Model | Type::Adapter | Type::Table | Type::Unknown) {
                     self.err(
                         Diagnostic::error(
                             "smelt::check::cannot_save",
@@ -301,7 +301,7 @@ impl Checker<'_> {
                             value.span,
                         )
                         .with_label(format!("this is {t}"))
-                        .with_help("`save` writes models (HF directories) and tables"),
+                        .with_help("`save` writes models (HF directories), adapters (PEFT directories) and tables"),
                     );
                 }
                 let t = self.expr(path);
@@ -451,7 +451,8 @@ impl Checker<'_> {
 pub(super) fn enum_words(ty: &Ty) -> Option<&'static [&'static str]> {
     match ty {
         Ty::Enum(w) => Some(w),
-        Ty::Opt(inner) => enum_words(inner),
+        Ty::Opt(inner) | Ty::List(inner) => enum_words(inner),
+        Ty::Either(a, b) => enum_words(a).or_else(|| enum_words(b)),
         _ => None,
     }
 }

@@ -160,13 +160,27 @@ impl Checker<'_> {
     pub(super) fn arg(&mut self, sig: &Signature, p: &crate::sig::Param, e: &Expr) -> Type {
         // A bare word is an enum symbol when the parameter takes one and the name is unbound.
         if let Some(words) = enum_words(&p.ty) {
-            let word = match &e.kind {
-                ExprKind::Name(n) if self.lookup_name(&n.name).is_none() => Some(n.name.as_str()),
-                ExprKind::Str(s) => Some(s.as_str()),
+            let word_of = |e: &Expr| match &e.kind {
+                ExprKind::Name(n) if self.lookup_name(&n.name).is_none() => {
+                    Some((n.name.clone(), e.span))
+                }
+                ExprKind::Str(s) => Some((s.to_string(), e.span)),
                 _ => None,
             };
-            if let Some(w) = word {
-                if !words.contains(&w) {
+            // A list of words for a list-of-choices parameter (`metric=[accuracy, mcc]`).
+            let list: Option<Vec<(String, Span)>> = match &e.kind {
+                ExprKind::List(items) if !items.is_empty() && takes_enum_list(&p.ty) => {
+                    items.iter().map(word_of).collect()
+                }
+                _ => None,
+            };
+            let single = word_of(e).filter(|_| !matches!(p.ty, Ty::List(_)));
+            let found: Option<Vec<(String, Span)>> = list.or(single.map(|w| vec![w]));
+            if let Some(found) = found {
+                for (w, span) in &found {
+                    if words.contains(&w.as_str()) {
+                        continue;
+                    }
                     let mut d = Diagnostic::error(
                         "smelt::check::bad_choice",
                         format!(
@@ -174,7 +188,7 @@ impl Checker<'_> {
                             p.name,
                             sig.call_syntax()
                         ),
-                        e.span,
+                        *span,
                     )
                     .with_label("not one of the choices");
                     d = match did_you_mean(w, words.iter().copied()) {
@@ -186,7 +200,10 @@ impl Checker<'_> {
                     };
                     self.err(d);
                 }
-                return Type::Str;
+                return match &e.kind {
+                    ExprKind::List(items) => Type::List(Box::new(Type::Str), Some(items.len())),
+                    _ => Type::Str,
+                };
             }
         }
         let t = self.expr(e);
@@ -301,5 +318,15 @@ impl Checker<'_> {
             );
         }
         t
+    }
+}
+
+/// Whether a parameter takes a list of enum words (`List<Enum>` or `Enum | List<Enum>`).
+fn takes_enum_list(ty: &Ty) -> bool {
+    match ty {
+        Ty::List(inner) => matches!(inner, Ty::Enum(_)),
+        Ty::Opt(t) => takes_enum_list(t),
+        Ty::Either(a, b) => takes_enum_list(a) || takes_enum_list(b),
+        _ => false,
     }
 }

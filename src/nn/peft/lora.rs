@@ -322,11 +322,11 @@ impl Lora {
             )?;
             let dw = delta.delta_weight()?.to_dtype(lin.weight.dtype())?;
             if merge {
-                lin.weight = lin.weight.add(&dw)?.detach();
+                lin.set_frozen_weight(lin.frozen_weight()?.add(&dw)?.detach())?;
                 lin.lora = None;
                 lin.lora_input = None;
             } else {
-                lin.weight = lin.weight.sub(&dw)?.detach();
+                lin.set_frozen_weight(lin.frozen_weight()?.sub(&dw)?.detach())?;
                 let d = LoraDelta::new(
                     m.a.as_tensor().clone(),
                     m.b.as_tensor().clone(),

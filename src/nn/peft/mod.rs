@@ -11,19 +11,23 @@
 //! `candle_nn::VarMap` under a stable name, and all random initialisation draws from a ChaCha8
 //! stream seeded by the module's `seed` (never a global RNG). Both modules hook into
 //! [`crate::nn::Linear`] (`lora`, `lora_input`, `output`), so they work for every architecture
-//! whose projections `linears_mut()` lists. Prefix tuning is not implemented (it needs a key/value
-//! hook inside the attention of `bert.rs`/`llama.rs`).
+//! whose projections `linears_mut()` lists. [`prefix`]: prefix tuning (virtual key/value
+//! tokens per layer, MLP re-parameterised) through a prefix slot in the attention of
+//! `bert.rs`/`llama.rs`.
 
 pub mod adapter;
+pub mod adapter_format;
 pub mod io;
 pub mod lora;
 pub mod pattern;
 pub mod peft_format;
+pub mod prefix;
 
 pub use adapter::{AdapterActivation, AdapterConfig, AdapterInit, AdapterSize, Adapters};
 pub use lora::{Lora, LoraConfig, LoraModule};
 pub use pattern::ModulePattern;
 pub use peft_format::config_from_json;
+pub use prefix::{Prefix, PrefixConfig};
 
 use crate::diag::OpError;
 use candle_core::{Device, Tensor};

@@ -2,5 +2,6 @@
 //! fingerprints (the evaluator replaces every `Path` argument by its fingerprint), never the
 //! path string, so moving a checkpoint keeps the cache and editing one invalidates it.
 
+pub mod adapter;
 pub mod model;
 pub mod task;

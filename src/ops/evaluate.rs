@@ -1,0 +1,255 @@
+//! `evaluate(models, tasks, metric=…)`: a table over (model × task), and the scoring routine
+//! `measure score` shares.
+//!
+//! Each model (a `Model` or an `Adapter` on its base) is loaded once; each task is fed in the
+//! input format chosen by, in order: explicit `head`/`template`/`words` arguments; the format
+//! recorded when the model was trained on a task of that name; `cls` when the model carries a
+//! trained head for the task; otherwise the default prompt (LM-BFF label words at the mask for
+//! encoders, answer choices for decoders). Class scores are head logits or logits restricted
+//! to the label words / first answer tokens; predictions are their argmax.
+
+use crate::data::TaskData;
+use crate::diag::OpError;
+use crate::ops::train::runnable::{runnable_args, Runnable};
+use crate::ops::train::{tasks_arg, HEADS, TASKS_TY};
+use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
+use crate::train::feed::{argmax, mean_ce, Feed, FormatSpec};
+use crate::train::{accuracy, macro_f1, mcc};
+use crate::types::Ty;
+use crate::value::{Artifact, Kind, Value};
+use std::sync::Arc;
+
+pub struct Evaluate;
+
+pub const METRICS: &[&str] = &["accuracy", "macro_f1", "mcc", "ce_loss"];
+pub const RUNNABLE: Ty = Ty::Either(&Ty::Model, &Ty::Adapter);
+pub const SPLITS: &[&str] = &["test", "dev", "train"];
+
+pub const P_SPLIT: Param = Param::opt(
+    "split",
+    Ty::Enum(SPLITS),
+    Const::Str("test"),
+    "Which split to score.",
+);
+pub const P_EHEAD: Param = Param::opt("head", Ty::Enum(HEADS), Const::Str("auto"), "Override the input format (`auto`: as trained, else the model's head, else the default prompt).");
+pub const P_ETEMPLATE: Param = Param::opt(
+    "template",
+    Ty::Opt(&Ty::Str),
+    Const::None,
+    "Override the prompt template.",
+);
+pub const P_EWORDS: Param = Param::opt(
+    "words",
+    Ty::Opt(&Ty::Str),
+    Const::None,
+    "Override the label words / answer choices.",
+);
+pub const P_EMAX_LEN: Param = Param::opt(
+    "max_len",
+    Ty::Int,
+    Const::Int(128),
+    "Maximum tokens per example.",
+)
+.range(8.0, 1e6);
+pub const P_EBATCH: Param = Param::opt(
+    "batch",
+    Ty::Int,
+    Const::Int(32),
+    "Examples per forward pass.",
+)
+.range(1.0, 1e6);
+
+static SIG: Signature = Signature {
+    id: "evaluate",
+    version: 1,
+    summary: "Score models and adapters on tasks: a table with one row per (model, task).",
+    doc: "Columns: model, task, split, n, then one per metric (accuracy, macro_f1, mcc, ce_loss = mean \
+          cross-entropy of the class scores). Rows follow the order of `models` then `tasks`. \
+          Models are named by `names`, else by what made them (e.g. `lora(movies)`).",
+    params: &[
+        Param::req("models", Ty::Either(&RUNNABLE, &Ty::List(&RUNNABLE)), "A model or adapter, or a list of them."),
+        Param::req("tasks", TASKS_TY, "A task or a list of tasks."),
+        Param::opt("metric", Ty::Either(&Ty::Enum(METRICS), &Ty::List(&Ty::Enum(METRICS))), Const::Str("accuracy"), "A metric or a list of metrics."),
+        P_SPLIT,
+        Param::opt("names", Ty::Opt(&Ty::List(&Ty::Str)), Const::None, "Row labels for the models."),
+        P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH,
+    ],
+    returns: Ty::Table,
+    ret_fn: None,
+    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet a = train lora(lm, ts[0], head=prompt)\nreport evaluate([lm, a], ts, metric=[accuracy, macro_f1])"],
+    reference: None,
+    determinism: Determinism::Pure,
+    kind: OpKind::Node,
+    same_length: &[],
+    cheap: false,
+};
+
+/// Format overrides given to `evaluate` / `measure score`.
+pub struct Overrides<'a> {
+    pub head: &'a str,
+    pub template: Option<&'a str>,
+    pub words: Option<&'a str>,
+    pub max_len: usize,
+}
+
+impl<'a> Overrides<'a> {
+    pub fn of(args: &'a Args) -> Result<Overrides<'a>, OpError> {
+        let opt = |n: &str| -> Result<Option<&'a str>, OpError> {
+            match args.get(n)? {
+                Value::None => Ok(None),
+                _ => args.str(n).map(Some),
+            }
+        };
+        Ok(Overrides {
+            head: args.str("head")?,
+            template: opt("template")?,
+            words: opt("words")?,
+            max_len: args.int("max_len")?.max(1) as usize,
+        })
+    }
+}
+
+/// Class scores and gold labels of one (model, task, split).
+pub struct Scored {
+    pub logits: Vec<Vec<f32>>,
+    pub gold: Vec<u32>,
+}
+
+impl Scored {
+    pub fn metric(&self, name: &str) -> Result<f64, OpError> {
+        let pred = argmax(&self.logits);
+        match name {
+            "accuracy" => accuracy(&pred, &self.gold),
+            "macro_f1" => macro_f1(&pred, &self.gold),
+            "mcc" => mcc(&pred, &self.gold),
+            "ce_loss" => Ok(mean_ce(&self.logits, &self.gold)),
+            m => Err(
+                OpError::new("smelt::eval::metric", format!("unknown metric `{m}`"))
+                    .with_help(format!("metrics: {}", METRICS.join(", "))),
+            ),
+        }
+    }
+}
+
+/// Scores `run` on `task`'s `split`.
+pub fn score(
+    run: &Runnable,
+    task: &TaskData,
+    split: &str,
+    o: &Overrides,
+    batch: usize,
+) -> Result<Scored, OpError> {
+    let examples = task.split(split);
+    if examples.is_empty() {
+        return Err(OpError::new(
+            "smelt::eval::empty_split",
+            format!("task `{}` has no `{split}` examples", task.name),
+        ));
+    }
+    let head = run.head(&task.name)?;
+    let spec = match (o.head, o.template, o.words, run.formats.get(&task.name)) {
+        ("auto", None, None, Some(recorded)) => FormatSpec {
+            max_len: o.max_len,
+            ..recorded.clone()
+        },
+        ("auto", None, None, None) if head.is_some() => {
+            FormatSpec::resolve(&run.lm, task, "cls", None, None, o.max_len)?
+        }
+        ("auto", None, None, None) => {
+            FormatSpec::resolve(&run.lm, task, "prompt", None, None, o.max_len)?
+        }
+        (h, t, w, _) => FormatSpec::resolve(&run.lm, task, h, t, w, o.max_len)?,
+    };
+    let feed = Feed::new(&run.lm, &spec, task, examples)?;
+    let logits = feed.all_logits(&run.lm, head.as_ref(), batch)?;
+    Ok(Scored {
+        logits,
+        gold: feed.labels(),
+    })
+}
+
+fn metrics_arg(args: &Args) -> Result<Vec<String>, OpError> {
+    Ok(match args.get("metric")? {
+        Value::List(xs) => xs
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        v => vec![v.as_str().unwrap_or("accuracy").to_string()],
+    })
+}
+
+impl Operator for Evaluate {
+    fn signature(&self) -> &'static Signature {
+        &SIG
+    }
+
+    fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
+        let models = runnable_args(args.get("models")?, "models")?;
+        let tasks = tasks_arg(args, "tasks")?;
+        let metrics = metrics_arg(args)?;
+        let split = args.str("split")?;
+        let o = Overrides::of(args)?;
+        let batch = args.int("batch")?.max(1) as usize;
+        let names: Option<Vec<String>> = match args.get("names")? {
+            Value::None => None,
+            _ => Some(
+                args.list("names")?
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_string())
+                    .collect(),
+            ),
+        };
+        if let Some(n) = &names {
+            if n.len() != models.len() {
+                return Err(OpError::new(
+                    "smelt::eval::names",
+                    format!("{} names for {} models", n.len(), models.len()),
+                ));
+            }
+        }
+        let mut rows = Vec::new();
+        for (i, m) in models.iter().enumerate() {
+            let run = Runnable::load(m, &cx.device)?;
+            let label = names.as_ref().map_or(run.label.clone(), |n| n[i].clone());
+            for task in &tasks {
+                let s = score(&run, task, split, &o, batch)
+                    .map_err(|e| e.context(format!("evaluating {label} on {}", task.name)))?;
+                let mut row = vec![
+                    label.clone().into(),
+                    task.name.clone().into(),
+                    split.into(),
+                    s.gold.len().into(),
+                ];
+                for metric in &metrics {
+                    row.push(serde_json::json!(s.metric(metric)?));
+                }
+                rows.push(row);
+            }
+        }
+        let mut columns = vec![
+            "model".to_string(),
+            "task".into(),
+            "split".into(),
+            "n".into(),
+        ];
+        columns.extend(metrics);
+        table_value(cx, columns, rows)
+    }
+}
+
+/// A Table artifact from column names and rows of JSON cells (in column order).
+pub fn table_value(
+    cx: &OpCtx,
+    columns: Vec<String>,
+    rows: Vec<Vec<serde_json::Value>>,
+) -> Result<Value, OpError> {
+    let table =
+        crate::report::Table::from_json(&serde_json::json!({"columns": columns, "rows": rows}))
+            .ok_or_else(|| OpError::new("smelt::internal", "could not build the result table"))?;
+    Ok(Value::Artifact(Arc::new(Artifact {
+        kind: Kind::Table,
+        dir: cx.out_dir.clone(),
+        key: cx.key,
+        data: table.to_json(),
+    })))
+}
