@@ -238,6 +238,7 @@ fn copy_dir_atomic(src: &Path, dest: &Path) -> Result<(), OpError> {
     copy_tree(src, &tmp)?;
     if dest.exists() {
         let is_model = dest.join("config.json").exists()
+            || dest.join("adapter_config.json").exists()
             || std::fs::read_dir(dest)
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(false);
@@ -245,7 +246,10 @@ fn copy_dir_atomic(src: &Path, dest: &Path) -> Result<(), OpError> {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(OpError::new(
                 "smelt::run::save",
-                format!("`{}` exists and is not a model directory", dest.display()),
+                format!(
+                    "`{}` exists and is not a model or adapter directory",
+                    dest.display()
+                ),
             )
             .with_help(
                 "choose another path; smelt only replaces model directories it could have written",

@@ -99,7 +99,7 @@ fn bad(msg: String) -> OpError {
 
 fn nan(step: usize, epoch: usize, what: &str, lr: f64) -> OpError {
     OpError::new("smelt::train::nan_loss", format!("{what} is not finite at step {step} (epoch {epoch})"))
-        .with_help(format!("lower the learning rate (it was {lr:e}), clip gradients (max_grad_norm), or check the data for empty or broken examples"))
+        .with_help(format!("lower the learning rate (it was {lr:.3e}), clip gradients (max_grad_norm), or check the data for empty or broken examples"))
 }
 
 /// Trains `vars` on examples `0..n`. `weights` (length `n`, ≥ 0) weight the mean loss.

@@ -1,0 +1,300 @@
+//! Training and evaluation through the language, end to end on the committed small encoder
+//! and the project's synthetic tasks: reproducibility, that training learns, PEFT directory
+//! round trips (`save` → `load adapter` gives identical scores), `model apply` ≡ the adapter,
+//! multi-task heads, full fine-tuning, bottleneck adapters, and bad inputs as errors that
+//! carry the call's span.
+
+use smelt::diag::render_all;
+use smelt::report::Table;
+use smelt::run::{run, RunOptions, RunOutcome};
+use smelt::session::Session;
+use std::path::{Path, PathBuf};
+
+const MODEL: &str = "assets/models/minilm-l3-v8k";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.0.path().join(p)
+    }
+    fn opts(&self, store: &str) -> RunOptions {
+        RunOptions {
+            store: self.path(store),
+            out: self.path("runs"),
+            ..Default::default()
+        }
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn prelude() -> String {
+    let r = root();
+    format!(
+        "config {{ seed: 7 }}\nlet lm = load model(\"{}\")\nlet movies = load task(\"{}\")\nlet topics = load task(\"{}\")\n",
+        r.join(MODEL).display(),
+        r.join("experiments/data/movies").display(),
+        r.join("experiments/data/topics").display()
+    )
+}
+
+fn run_ok(file: &Path, opts: &RunOptions) -> RunOutcome {
+    let mut s = Session::new();
+    match run(&mut s, file, opts) {
+        Ok(o) => {
+            let failed = render_all(&o.failed, &s.sources, false, 100);
+            assert!(o.failed.is_empty(), "failed expects:\n{failed}");
+            o
+        }
+        Err(d) => panic!("run failed:\n{}", render_all(&d, &s.sources, false, 100)),
+    }
+}
+
+fn run_err(file: &Path, opts: &RunOptions) -> String {
+    let mut s = Session::new();
+    match run(&mut s, file, opts) {
+        Ok(_) => panic!("run should fail"),
+        Err(d) => render_all(&d, &s.sources, false, 100),
+    }
+}
+
+fn table<'a>(o: &'a RunOutcome, name: &str) -> &'a Table {
+    &o.reports.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+fn num(t: &Table, row: usize, col: &str) -> f64 {
+    let c = t.columns.iter().position(|x| x == col).unwrap();
+    t.rows[row][c].as_f64().unwrap()
+}
+
+#[test]
+fn lora_learns_reproducibly_and_its_peft_directory_round_trips() {
+    let t = Scratch::new();
+    let saved = t.path("movies-lora");
+    let text = format!(
+        "{}let a = train lora(lm, movies, head=prompt, lr=2e-3, epochs=2, batch=16)\n\
+         report evaluate([lm], movies, metric=[accuracy, ce_loss]) as \"base\"\n\
+         report evaluate(a, movies, metric=[accuracy, ce_loss]) as \"lora\"\n\
+         report {{applied: measure score(model apply(a), movies), direct: measure score(a, movies)}} as \"apply\"\n\
+         save a to \"{}\"\n",
+        prelude(),
+        saved.display()
+    );
+    let f = t.write("a.exp", &text);
+    let first = run_ok(&f, &t.opts("s1"));
+    let second = run_ok(&f, &t.opts("s2"));
+    assert_eq!(
+        first.reports, second.reports,
+        "two fresh stores, same numbers"
+    );
+    let (base, lora) = (table(&first, "base"), table(&first, "lora"));
+    assert!(
+        num(lora, 0, "accuracy") > num(base, 0, "accuracy") + 0.05,
+        "{lora:?} vs {base:?}"
+    );
+    assert!(num(lora, 0, "ce_loss") < num(base, 0, "ce_loss"));
+    let apply = table(&first, "apply");
+    assert!(
+        (num(apply, 0, "applied") - num(apply, 0, "direct")).abs() <= 1.0 / 120.0 + 1e-9,
+        "{apply:?}"
+    );
+
+    // PEFT's layout and key names
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 8);
+    assert_eq!(cfg["lora_alpha"], 16.0);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["query", "value"]));
+    let st = std::fs::read(saved.join("adapter_model.safetensors")).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        names.contains(
+            &"base_model.model.encoder.layer.0.attention.self.query.lora_A.weight".to_string()
+        ),
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 12);
+
+    // `load adapter` of the saved directory scores exactly as the trained adapter
+    let g = t.write(
+        "b.exp",
+        &format!(
+            "{}let a = load adapter(\"{}\", base=lm)\nreport evaluate(a, movies, metric=[accuracy, ce_loss]) as \"lora\"\n",
+            prelude(),
+            saved.display()
+        ),
+    );
+    let loaded = run_ok(&g, &t.opts("s1"));
+    assert_eq!(table(&loaded, "lora").rows[0][3..], lora.rows[0][3..]);
+}
+
+#[test]
+fn multitask_heads_full_finetuning_and_bottleneck_adapters() {
+    let t = Scratch::new();
+    let text = format!(
+        "{}let group = train lora(lm, [movies, topics], head=cls, lr=5e-3, epochs=2, batch=16)\n\
+         let ad = train adapter(lm, movies, size=16, lr=2e-3, epochs=2, head=prompt)\n\
+         let full = train full(lm, movies, lr=5e-5, max_steps=3, head=prompt)\n\
+         report evaluate(group, [movies, topics], metric=[accuracy, mcc]) as \"group\"\n\
+         report evaluate(ad, movies) as \"adapter\"\n\
+         report {{moved: measure distance(full, lm)}} as \"full\"\n\
+         save ad to \"{}\"\n\
+         save full to \"{}\"\n",
+        prelude(),
+        t.path("ad").display(),
+        t.path("full").display()
+    );
+    let f = t.write("m.exp", &text);
+    let o = run_ok(&f, &t.opts("s"));
+    let g = table(&o, "group");
+    assert_eq!(g.rows.len(), 2);
+    for r in 0..2 {
+        assert!(num(g, r, "accuracy") > 0.7, "{g:?}");
+    }
+    assert!(num(table(&o, "adapter"), 0, "accuracy") > 0.8);
+    assert!(num(table(&o, "full"), 0, "moved") > 0.0);
+    // every tensor of the full model moved, embeddings and norms included
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    let (a, b) = (
+        read(t.path("full/model.safetensors")),
+        read(root().join(MODEL).join("model.safetensors")),
+    );
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    for (name, tb) in b.tensors() {
+        let ta = a.tensor(&name).unwrap();
+        assert_eq!(ta.shape(), tb.shape(), "{name}");
+        if name.contains("position_embeddings")
+            || name.contains("token_type")
+            || name.contains("pooler")
+        {
+            continue; // rows never used (positions ≥ 32, type 1) or not on the prompt path
+        }
+        assert_ne!(ta.data(), tb.data(), "{name} did not train");
+    }
+    // the adapter directory reloads
+    let h = t.write(
+        "h.exp",
+        &format!("{}let ad = load adapter(\"{}\", base=lm)\nreport evaluate(ad, movies) as \"adapter\"\n", prelude(), t.path("ad").display()),
+    );
+    let re = run_ok(&h, &t.opts("s"));
+    assert_eq!(
+        table(&re, "adapter").rows[0][3..],
+        table(&o, "adapter").rows[0][3..]
+    );
+}
+
+/// Runs `call` (one line) after the prelude; returns the rendered error.
+fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
+    let f = t.write(
+        &format!("{name}.exp"),
+        &format!(
+            "{}{extra}let x = {call}\nreport evaluate(x, movies) as \"r\"\n",
+            prelude()
+        ),
+    );
+    run_err(&f, &t.opts("s"))
+}
+
+#[test]
+fn bad_inputs_are_errors_with_the_call_span() {
+    let t = Scratch::new();
+    let model = root().join(MODEL);
+    // a model directory of an architecture smelt does not know, and one without a tokenizer
+    let odd = t.path("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::copy(
+        model.join("model.safetensors"),
+        odd.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        odd.join("config.json"),
+        r#"{"model_type": "gpt2", "vocab_size": 8000}"#,
+    )
+    .unwrap();
+    let notok = t.path("notok");
+    std::fs::create_dir_all(&notok).unwrap();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(model.join(f), notok.join(f)).unwrap();
+    }
+    let cases: Vec<(&str, String, String, &[&str])> = vec![
+        (
+            "arch",
+            format!("let odd = load model(\"{}\")\n", odd.display()),
+            "train lora(odd, movies)".into(),
+            &["gpt2", "train lora(odd, movies)"],
+        ),
+        (
+            "tok",
+            format!("let nt = load model(\"{}\")\n", notok.display()),
+            "train lora(nt, movies)".into(),
+            &[
+                "missing_tokenizer",
+                "tokenizer.json",
+                "train lora(nt, movies)",
+            ],
+        ),
+        (
+            "field",
+            String::new(),
+            "train lora(lm, movies, template=\"*cls**sent_0**sent_1**mask**sep+*\")".into(),
+            &["sent_1", "template="],
+        ),
+        (
+            "word",
+            String::new(),
+            "train lora(lm, movies, head=prompt, words=\"terrible, qwxzvbnm\")".into(),
+            &["qwxzvbnm", "tokens", "words="],
+        ),
+        (
+            "pattern",
+            String::new(),
+            "train lora(lm, movies, targets=[\"q_proj\"])".into(),
+            &["no_match", "q_proj"],
+        ),
+        (
+            "nan",
+            String::new(),
+            "train full(lm, movies, optimizer=sgd, lr=10, max_steps=30, head=cls)".into(),
+            &[
+                "nan_loss",
+                "not finite at step",
+                "lower the learning rate",
+                "train full(lm",
+            ],
+        ),
+        (
+            "weights",
+            String::new(),
+            "train lora(lm, movies, weights=[1.0, 2.0])".into(),
+            &["2 weights for 240", "weights=[1.0, 2.0]"],
+        ),
+    ];
+    for (name, extra, call, needles) in cases {
+        let e = bad(&t, name, &extra, &call);
+        for n in needles {
+            assert!(e.contains(n), "{name}: `{n}` missing from\n{e}");
+        }
+    }
+}
