@@ -105,7 +105,7 @@ pub fn reference(reg: &Registry) -> String {
     );
     let mut families: Vec<&str> = reg
         .iter()
-        .map(|o| o.signature().family().unwrap_or("helpers"))
+        .map(|o| o.signature().group())
         .collect();
     families.sort();
     families.dedup();
@@ -113,7 +113,7 @@ pub fn reference(reg: &Registry) -> String {
         s += &format!("## {fam}\n\n");
         for op in reg
             .iter()
-            .filter(|o| o.signature().family().unwrap_or("helpers") == fam)
+            .filter(|o| o.signature().group() == fam)
         {
             s += &render_op(op.signature());
         }

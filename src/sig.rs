@@ -122,6 +122,16 @@ impl Signature {
         self.id.split_once('.').map(|(f, _)| f)
     }
 
+    /// Where `:ops` and `smelt doc` list it: the family, `helpers` for helpers, or the id of
+    /// a plain-call node operator (`evaluate`).
+    pub fn group(&self) -> &'static str {
+        match (self.family(), self.kind) {
+            (Some(f), _) => f,
+            (None, OpKind::Helper) => "helpers",
+            (None, OpKind::Node) => self.id,
+        }
+    }
+
     pub fn param(&self, name: &str) -> Option<&Param> {
         self.params.iter().find(|p| p.name == name)
     }

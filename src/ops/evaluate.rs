@@ -76,7 +76,7 @@ static SIG: Signature = Signature {
     ],
     returns: Ty::Table,
     ret_fn: None,
-    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet a = train lora(lm, ts[0], head=prompt)\nreport evaluate([lm, a], ts, metric=[accuracy, macro_f1])"],
+    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet a = train lora(lm, ts[0], head=prompt)\nreport evaluate([a], ts, metric=[accuracy, macro_f1])\nreport evaluate(lm, ts, metric=accuracy)"],
     reference: None,
     determinism: Determinism::Pure,
     kind: OpKind::Node,

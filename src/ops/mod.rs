@@ -89,7 +89,8 @@ impl Registry {
     }
 
     pub fn families(&self) -> Vec<&'static str> {
-        let mut f: Vec<_> = self.iter().filter_map(|o| o.signature().family()).collect();
+        let mut f: Vec<_> = self.iter().map(|o| o.signature().group()).filter(|g| *g != "helpers").collect();
+        f.sort();
         f.dedup();
         f
     }

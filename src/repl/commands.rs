@@ -142,7 +142,7 @@ impl Repl {
         let helpers: Vec<_> = reg
             .iter()
             .map(|o| o.signature())
-            .filter(|s| s.family().is_none())
+            .filter(|s| s.group() == "helpers")
             .collect();
         if family.is_empty() || family == "helpers" {
             groups.push(("helpers", helpers));
@@ -153,7 +153,7 @@ impl Repl {
                     f,
                     reg.iter()
                         .map(|o| o.signature())
-                        .filter(|s| s.family() == Some(f))
+                        .filter(|s| s.group() == *f)
                         .collect(),
                 ));
             }
