@@ -298,3 +298,39 @@ fn bad_inputs_are_errors_with_the_call_span() {
         }
     }
 }
+
+#[test]
+fn prefix_qlora_and_qadapter_train_evaluate_and_reload() {
+    let t = Scratch::new();
+    let text = format!(
+        "{}let p = train prefix(lm, movies, tokens=8, prefix_hidden=32, lr=1e-2, epochs=2, batch=16, head=prompt)\n\
+         let q = train qlora(lm, movies, bits=nf4, lr=2e-3, epochs=2, batch=16, head=prompt)\n\
+         let qa = train qadapter(lm, movies, bits=int8, size=16, lr=2e-3, epochs=2, batch=16, head=prompt)\n\
+         report evaluate([p, q, qa], movies, metric=[accuracy, ce_loss]) as \"peft\"\n\
+         report evaluate(lm, movies, metric=[accuracy, ce_loss]) as \"base\"\n\
+         save p to \"{}\"\nsave q to \"{}\"\n",
+        prelude(),
+        t.path("p").display(),
+        t.path("q").display()
+    );
+    let o = run_ok(&t.write("p.exp", &text), &t.opts("s"));
+    let (peft, base) = (table(&o, "peft"), table(&o, "base"));
+    for r in 0..3 {
+        assert!(
+            num(peft, r, "ce_loss") < num(base, 0, "ce_loss"),
+            "row {r}: {peft:?} vs {base:?}"
+        );
+    }
+    // the reloaded prefix and QLoRA adapter (re-quantized base) score identically
+    let text = format!(
+        "{}let p = load adapter(\"{}\", base=lm)\nlet q = load adapter(\"{}\", base=lm)\nreport evaluate([p, q], movies, metric=[accuracy, ce_loss]) as \"peft\"\n",
+        prelude(),
+        t.path("p").display(),
+        t.path("q").display()
+    );
+    let re = run_ok(&t.write("r.exp", &text), &t.opts("s"));
+    let again = table(&re, "peft");
+    for r in 0..2 {
+        assert_eq!(again.rows[r][3..], peft.rows[r][3..], "row {r}");
+    }
+}

@@ -155,18 +155,29 @@ impl QuantTensor {
         out
     }
 
+    /// Dequantizes elements `start..start + dst.len()`; `start` is a multiple of [`BLOCK`].
     fn dequantize_into(&self, start: usize, dst: &mut [f32]) {
-        for (k, d) in dst.iter_mut().enumerate() {
-            let i = start + k;
-            let a = self.absmax[i / BLOCK];
-            *d = match self.bits {
+        for (j, out) in dst.chunks_mut(BLOCK).enumerate() {
+            let i0 = start + j * BLOCK;
+            let a = self.absmax[i0 / BLOCK];
+            match self.bits {
                 QuantBits::Nf4 => {
-                    let byte = self.codes[i / 2];
-                    let idx = if i % 2 == 0 { byte >> 4 } else { byte & 15 };
-                    NF4_CODES[idx as usize] * a
+                    let lut = NF4_CODES.map(|c| c * a);
+                    let bytes = &self.codes[i0 / 2..(i0 + out.len()).div_ceil(2)];
+                    for (pair, &byte) in out.chunks_mut(2).zip(bytes) {
+                        pair[0] = lut[(byte >> 4) as usize];
+                        if let Some(x) = pair.get_mut(1) {
+                            *x = lut[(byte & 15) as usize];
+                        }
+                    }
                 }
-                QuantBits::Int8 => f32::from(self.codes[i] as i8) * (a / 127.0),
-            };
+                QuantBits::Int8 => {
+                    let step = a / 127.0;
+                    for (x, &q) in out.iter_mut().zip(&self.codes[i0..]) {
+                        *x = f32::from(q as i8) * step;
+                    }
+                }
+            }
         }
     }
 

@@ -89,7 +89,11 @@ impl Registry {
     }
 
     pub fn families(&self) -> Vec<&'static str> {
-        let mut f: Vec<_> = self.iter().map(|o| o.signature().group()).filter(|g| *g != "helpers").collect();
+        let mut f: Vec<_> = self
+            .iter()
+            .map(|o| o.signature().group())
+            .filter(|g| *g != "helpers")
+            .collect();
         f.sort();
         f.dedup();
         f
@@ -139,6 +143,9 @@ pub fn builtin_registry() -> Registry {
     r.add(train::full::TrainFull);
     r.add(train::lora::TrainLora);
     r.add(train::adapter::TrainAdapter);
+    r.add(train::prefix::TrainPrefix);
+    r.add(train::quantized::TrainQLora);
+    r.add(train::quantized::TrainQAdapter);
     // Merging.
     r.add(merge::average::Average);
     r.add(merge::linear::Linear);

@@ -7,7 +7,3 @@ pub mod ast;
 mod parser;
 
 pub use parser::{parse, parse_expr, parse_line, Line};
-#[cfg(test)]
-mod difftest;
-#[cfg(test)]
-mod parser_old;

@@ -4,6 +4,10 @@
 //!   vars, so embeddings, norms and projections all train); saved as a full HF directory.
 //! * `Lora`: PEFT LoRA factors on the selected projections (frozen base).
 //! * `Adapter`: bottleneck adapters after attention / FFN outputs (frozen base).
+//! * `Prefix`: per-layer key/value prefixes re-parameterised by an MLP (frozen base).
+//!
+//! QLoRA / quantized adapters are `Lora` / `Adapter` on a base whose block projections were
+//! quantized (`nn::quant`) before the delta was installed.
 //!
 //! Classification heads (one per task, `cls` format only) are trained alongside and saved in
 //! `heads.safetensors` as `classifier.weight`/`.bias` (one task) or `classifier.<task>.weight`
@@ -11,7 +15,7 @@
 
 use crate::diag::OpError;
 use crate::nn::peft::io::{read_safetensors, write_safetensors};
-use crate::nn::peft::{AdapterConfig, Adapters, Lora, LoraConfig};
+use crate::nn::peft::{AdapterConfig, Adapters, Lora, LoraConfig, Prefix, PrefixConfig};
 use crate::nn::{ArchConfig, BertModel, LlamaModel, LoadedModel, Model, Tok, Weights};
 use crate::train::classify::ClsHead;
 use candle_core::{DType, Device, Tensor, Var};
@@ -26,6 +30,7 @@ pub enum DeltaSpec {
     Full,
     Lora(LoraConfig),
     Adapter(AdapterConfig),
+    Prefix(PrefixConfig),
 }
 
 /// An installed delta.
@@ -34,6 +39,7 @@ pub enum Delta {
     Full(Vec<(String, Var)>),
     Lora(Lora),
     Adapter(Adapters),
+    Prefix(Prefix),
 }
 
 impl DeltaSpec {
@@ -42,6 +48,7 @@ impl DeltaSpec {
             DeltaSpec::Full => "full",
             DeltaSpec::Lora(_) => "lora",
             DeltaSpec::Adapter(_) => "adapter",
+            DeltaSpec::Prefix(_) => "prefix",
         }
     }
 }
@@ -93,6 +100,7 @@ impl Delta {
             DeltaSpec::Full => Delta::Full(full_vars),
             DeltaSpec::Lora(c) => Delta::Lora(Lora::inject(lm.linears_mut(), c)?),
             DeltaSpec::Adapter(c) => Delta::Adapter(Adapters::inject(lm.linears_mut(), c)?),
+            DeltaSpec::Prefix(c) => Delta::Prefix(Prefix::inject(lm, c)?),
         })
     }
 
@@ -101,13 +109,14 @@ impl Delta {
             Delta::Full(v) => v.iter().map(|(_, v)| v.clone()).collect(),
             Delta::Lora(l) => l.vars(),
             Delta::Adapter(a) => a.vars(),
+            Delta::Prefix(p) => p.vars(),
         }
     }
 
     /// Dropout on (training) or off (evaluation).
     pub fn set_training(&self, on: bool) {
         match self {
-            Delta::Full(_) => {}
+            Delta::Full(_) | Delta::Prefix(_) => {}
             Delta::Lora(l) => l.set_training(on),
             Delta::Adapter(a) => a.set_training(on),
         }

@@ -1,5 +1,5 @@
-//! `load adapter(path, base=model)`: a PEFT adapter directory (LoRA, written by Python `peft` or
-//! by smelt) or a smelt bottleneck-adapter directory, bound to the base model it adapts.
+//! `load adapter(path, base=model)`: a PEFT adapter directory (LoRA or prefix tuning, written by
+//! Python `peft` or by smelt) or a smelt bottleneck-adapter directory, bound to the base model it adapts.
 //!
 //! The configuration is read and variants smelt cannot reproduce exactly (DoRA, LoRA biases,
 //! rank/alpha patterns, …) are refused; every LoRA factor must name a projection of the base
@@ -10,7 +10,7 @@
 use crate::diag::OpError;
 use crate::nn::peft::io::{read_json, read_safetensors, write_json};
 use crate::ops::train::runnable::INFO_FILE;
-use crate::ops::{Args, Determinism, OpCtx, OpKind, Operator, Param, Signature};
+use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::tensors::model_dir::ModelDir;
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
@@ -31,6 +31,7 @@ static SIG: Signature = Signature {
     params: &[
         Param::req("path", Ty::Path, "The adapter directory."),
         Param::req("base", Ty::Model, "The model the adapter was trained on."),
+        Param::opt("quant", Ty::Opt(&Ty::Enum(&["nf4", "int8"])), Const::None, "The quantization of the base it was trained on (QLoRA); default: as recorded by smelt, else none."),
     ],
     returns: Ty::Adapter,
     ret_fn: None,
@@ -134,6 +135,7 @@ impl Operator for LoadAdapter {
                     json!({"r": r, "alpha": c.alpha, "modules": modules, "targets": c.target_modules}),
                 )
             }
+            Some("PREFIX_TUNING") => ("prefix", json!({"tokens": cfg["num_virtual_tokens"]})),
             Some(crate::nn::peft::adapter_format::PEFT_TYPE) => {
                 crate::nn::peft::adapter_format::config_from_json(&cfg)?;
                 ("adapter", json!({}))
@@ -143,7 +145,7 @@ impl Operator for LoadAdapter {
                     "smelt::peft::unsupported",
                     format!("adapter type {other:?} is not supported"),
                 )
-                .with_help("smelt loads LORA (PEFT) and SMELT_BOTTLENECK adapter directories"))
+                .with_help("smelt loads LORA and PREFIX_TUNING (PEFT) and SMELT_BOTTLENECK adapter directories"))
             }
         };
         let out = cx.out_dir.join("adapter");
@@ -165,6 +167,10 @@ impl Operator for LoadAdapter {
             "base": {"dir": base.dir, "key": base.key.hex()},
             "formats": prior.as_ref().map(|p| p["formats"].clone()).unwrap_or(serde_json::Value::Null),
             "source": path.display().to_string(),
+            "quant": match args.get("quant")? {
+                Value::None => prior.as_ref().map(|p| p["quant"].clone()).unwrap_or(serde_json::Value::Null),
+                _ => args.str("quant")?.into(),
+            },
         });
         if let (Some(o), Some(d)) = (info.as_object_mut(), detail.as_object()) {
             o.extend(d.clone());

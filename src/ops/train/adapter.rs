@@ -104,6 +104,6 @@ impl Operator for TrainAdapter {
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         cx.seed = super::lora::run_seed(args, cx)?;
         let spec = DeltaSpec::Adapter(adapter_config(args, cx.seed)?);
-        run_training(cx, args, spec, SIG.id, SIG.version)
+        run_training(cx, args, spec, None, SIG.id, SIG.version)
     }
 }

@@ -40,6 +40,6 @@ impl Operator for TrainFull {
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         cx.seed = super::lora::run_seed(args, cx)?;
-        run_training(cx, args, DeltaSpec::Full, SIG.id, SIG.version)
+        run_training(cx, args, DeltaSpec::Full, None, SIG.id, SIG.version)
     }
 }

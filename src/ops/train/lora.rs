@@ -107,6 +107,6 @@ impl Operator for TrainLora {
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         cx.seed = run_seed(args, cx)?;
         let spec = DeltaSpec::Lora(lora_config(args, cx.seed)?);
-        run_training(cx, args, spec, SIG.id, SIG.version)
+        run_training(cx, args, spec, None, SIG.id, SIG.version)
     }
 }

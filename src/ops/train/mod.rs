@@ -11,10 +11,13 @@
 pub mod adapter;
 pub mod full;
 pub mod lora;
+pub mod prefix;
+pub mod quantized;
 pub mod runnable;
 
 use crate::data::TaskData;
 use crate::diag::OpError;
+use crate::nn::quant::{quantize_model, QuantBits};
 use crate::ops::{Args, Const, OpCtx, Param};
 use crate::train::classify::ClsHead;
 use crate::train::delta::{load_trainable, Delta, DeltaSpec};
@@ -184,10 +187,12 @@ struct TaskRun {
 }
 
 /// Trains `spec` on the `model` and `tasks` arguments and writes the result into the node.
+/// `quant` quantizes the frozen base first (QLoRA, quantized adapters).
 pub fn run_training(
     cx: &mut OpCtx,
     args: &Args,
     spec: DeltaSpec,
+    quant: Option<QuantBits>,
     id: &str,
     version: u32,
 ) -> Result<Value, OpError> {
@@ -202,22 +207,28 @@ pub fn run_training(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    inner(cx, args, base, tasks, spec, id, version)
+    inner(cx, args, base, tasks, spec, quant, id, version)
         .map_err(|e| e.context(format!("training {what}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn inner(
     cx: &mut OpCtx,
     args: &Args,
     base: &Arc<Artifact>,
     tasks: Vec<TaskData>,
     spec: DeltaSpec,
+    quant: Option<QuantBits>,
     id: &str,
     version: u32,
 ) -> Result<Value, OpError> {
     let (mut lm, full_vars) = match spec {
         DeltaSpec::Full => load_trainable(&base.dir, &cx.device)?,
         _ => (crate::nn::load(&base.dir, &cx.device)?, vec![]),
+    };
+    let quant_summary = match quant {
+        Some(bits) => Some(quantize_model(&mut lm, bits)?),
+        None => None,
     };
     let delta = Delta::install(&mut lm, &spec, full_vars)?;
     let head = args.str("head")?;
@@ -350,9 +361,15 @@ fn inner(
         .map(|r| (r.task.name.clone(), json!(r.spec)))
         .collect();
     let names: Vec<&str> = runs.iter().map(|r| r.task.name.as_str()).collect();
+    let method = match quant {
+        Some(_) => format!("q{}", delta_method(&delta)),
+        None => delta_method(&delta).to_string(),
+    };
     let info = json!({
-        "method": delta_method(&delta),
-        "label": format!("{}({})", delta_method(&delta), names.join("+")),
+        "method": method,
+        "label": format!("{method}({})", names.join("+")),
+        "quant": quant.map(|q| q.name()),
+        "quant_bytes": quant_summary.as_ref().map(|q| q.quant_bytes),
         "tasks": names,
         "formats": formats,
         "base": {"dir": base.dir, "key": base.key.hex()},
@@ -386,5 +403,6 @@ fn delta_method(d: &Delta) -> &'static str {
         Delta::Full(_) => "full",
         Delta::Lora(_) => "lora",
         Delta::Adapter(_) => "adapter",
+        Delta::Prefix(_) => "prefix",
     }
 }

@@ -7,6 +7,9 @@
 //!   `model.safetensors` in the base's dtype with the heads inside) + `heads.safetensors` + `smelt.json`;
 //! * LoRA: `adapter/` — PEFT's `adapter_config.json` + `adapter_model.safetensors`;
 //! * bottleneck adapter: `adapter/` — the same layout with `peft_type: "SMELT_BOTTLENECK"`;
+//! * prefix: `adapter/` — PEFT's `PREFIX_TUNING` directory (+ the MLP in `smelt_prefix_encoder.safetensors`);
+//! * QLoRA / quantized adapter: as LoRA / adapter, with `"quant"` in `smelt.json` so the base is
+//!   quantized the same way before the adapter is run again;
 //!
 //! plus, for both adapters, `heads.safetensors` (cls heads) and `smelt.json` (method, tasks,
 //! the input format of every task, the base model's directory and key, the training report).
@@ -15,7 +18,8 @@
 use crate::cache::Key;
 use crate::diag::OpError;
 use crate::nn::peft::io::{read_json, write_safetensors};
-use crate::nn::peft::{Adapters, Lora};
+use crate::nn::peft::{Adapters, Lora, Prefix};
+use crate::nn::quant::{quantize_model, QuantBits};
 use crate::nn::{LoadedModel, Weights};
 use crate::tensors::model_dir::ModelDir;
 use crate::train::classify::ClsHead;
@@ -98,6 +102,10 @@ pub fn write_result(
             a.save_dir(out)?;
             Kind::Adapter
         }
+        Delta::Prefix(p) => {
+            p.save_adapter(out)?;
+            Kind::Adapter
+        }
     };
     save_heads(out, heads, n_tasks)?;
     crate::nn::peft::io::write_json(&out.join(INFO_FILE), &info)?;
@@ -143,6 +151,15 @@ fn formats_of(info: &serde_json::Value) -> BTreeMap<String, FormatSpec> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The quantization a trained adapter's base had (`"nf4"` / `"int8"` in `smelt.json`).
+pub fn quant_of(info: &serde_json::Value) -> Option<QuantBits> {
+    match info["quant"].as_str() {
+        Some("nf4") => Some(QuantBits::Nf4),
+        Some("int8") => Some(QuantBits::Int8),
+        _ => None,
+    }
 }
 
 /// A default table label for an artifact.
@@ -212,6 +229,9 @@ impl Runnable {
                 let base = base_dir(a)?;
                 let mut lm = crate::nn::load(&base, device)
                     .map_err(|e| e.context("loading the adapter's base model"))?;
+                if let Some(bits) = quant_of(&info) {
+                    quantize_model(&mut lm, bits)?;
+                }
                 let cfg = read_json(&a.dir.join("adapter_config.json"))?;
                 let mut head_tensors = read_heads(&a.dir, device)?;
                 let delta = match cfg["peft_type"].as_str() {
@@ -232,13 +252,14 @@ impl Runnable {
                     Some(crate::nn::peft::adapter_format::PEFT_TYPE) => {
                         Delta::Adapter(Adapters::load_dir(lm.linears_mut(), &a.dir)?)
                     }
-                    other => {
-                        return Err(OpError::new(
-                            "smelt::peft::unsupported",
-                            format!("adapter type {other:?} cannot be run here"),
-                        )
-                        .with_help("smelt runs LORA and SMELT_BOTTLENECK adapter directories"))
-                    }
+                    Some("PREFIX_TUNING") => Delta::Prefix(Prefix::load_adapter(&mut lm, &a.dir)?),
+                    other => return Err(OpError::new(
+                        "smelt::peft::unsupported",
+                        format!("adapter type {other:?} cannot be run here"),
+                    )
+                    .with_help(
+                        "smelt runs LORA, PREFIX_TUNING and SMELT_BOTTLENECK adapter directories",
+                    )),
                 };
                 delta.set_training(false);
                 Ok(Runnable {

@@ -27,7 +27,7 @@ mod tree;
 use super::ast::*;
 use crate::diag::Diagnostic;
 use crate::source::FileId;
-use pest::iterators::Pair;
+use pest::iterators::Pairs;
 use pest::Parser as _;
 use tree::Cx;
 
@@ -53,10 +53,8 @@ pub enum Line {
 
 /// Parse a whole `.exp` file (statements only; a bare expression is a syntax error).
 pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
-    let root = run(Rule::file, file, src)?;
-    let cx = Cx::new(file, src);
-    let stmts = root
-        .into_inner()
+    let (top, cx) = run(Rule::file, file, src)?;
+    let stmts = top
         .filter(|p| p.as_rule() == Rule::stmt)
         .map(|p| cx.stmt(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -65,10 +63,8 @@ pub fn parse(file: FileId, src: &str) -> Result<Module, Diagnostic> {
 
 /// Parse exactly one expression (e.g. the value of `--set name=value`).
 pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
-    let root = run(Rule::expr_only, file, src)?;
-    let cx = Cx::new(file, src);
-    let e = root
-        .into_inner()
+    let (mut top, cx) = run(Rule::expr_only, file, src)?;
+    let e = top
         .find(|p| p.as_rule() == Rule::expr)
         .expect("grammar: expr_only has an expr");
     cx.expr(e)
@@ -77,10 +73,9 @@ pub fn parse_expr(file: FileId, src: &str) -> Result<Expr, Diagnostic> {
 /// Parse a REPL line: statements if it is one or more statements, or else a bare expression.
 /// An empty (or comment-only) line is `Line::Stmts(vec![])`.
 pub fn parse_line(file: FileId, src: &str) -> Result<Line, Diagnostic> {
-    let root = run(Rule::repl_line, file, src)?;
-    let cx = Cx::new(file, src);
+    let (top, cx) = run(Rule::repl_line, file, src)?;
     let mut stmts = Vec::new();
-    for p in root.into_inner() {
+    for p in top {
         match p.as_rule() {
             Rule::stmt => stmts.push(cx.stmt(p)?),
             Rule::expr => return Ok(Line::Expr(cx.expr(p)?)),
@@ -92,10 +87,12 @@ pub fn parse_line(file: FileId, src: &str) -> Result<Line, Diagnostic> {
 
 type PResult<T> = Result<T, Diagnostic>;
 
-/// Run pest from an entry rule and return the single top pair.
-fn run(rule: Rule, file: FileId, src: &str) -> PResult<Pair<'_, Rule>> {
+/// Run pest from an entry rule: the children of the single top pair, and a context to convert
+/// them in.
+fn run(rule: Rule, file: FileId, src: &str) -> PResult<(Pairs<'_, Rule>, Cx<'_>)> {
     let mut pairs = SmeltParser::parse(rule, src).map_err(|e| error::syntax_error(file, src, e))?;
-    Ok(pairs.next().expect("pest: an entry rule yields one pair"))
+    let top = pairs.next().expect("pest: an entry rule yields one pair");
+    Ok((top.into_inner(), Cx::new(file, src)))
 }
 
 #[cfg(test)]

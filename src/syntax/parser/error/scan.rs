@@ -45,7 +45,11 @@ pub(super) fn token_before(src: &str, pos: usize) -> &str {
         while start > 0 && is_word(bytes[start - 1]) {
             start -= 1;
         }
-    } else if start > 0 && TWO_CHAR_OPS.contains(&&before[start - 1..end]) {
+    } else if start > 0
+        && before
+            .get(start - 1..end)
+            .is_some_and(|op| TWO_CHAR_OPS.contains(&op))
+    {
         start -= 1;
     } else if !last.is_ascii() {
         return "";
@@ -121,6 +125,8 @@ mod tests {
         assert_eq!(token_before(src, 11), "a");
         assert_eq!(token_before(src, src.len()), "");
         assert_eq!(token_before("", 0), "");
+        // An ASCII token right after a multi-byte character (this used to panic).
+        assert_eq!(token_before("é.", 3), ".");
     }
 
     #[test]
