@@ -14,6 +14,8 @@ use crate::ops::train::runnable::{runnable_args, Runnable};
 use crate::ops::train::{tasks_arg, HEADS, TASKS_TY};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::train::feed::{argmax, mean_ce, Feed, FormatSpec};
+use crate::train::generate::greedy_answers;
+use crate::train::text_metrics::{mean_text_metric, TEXT_METRICS};
 use crate::train::{accuracy, macro_f1, mcc};
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
@@ -21,7 +23,9 @@ use std::sync::Arc;
 
 pub struct Evaluate;
 
-pub const METRICS: &[&str] = &["accuracy", "macro_f1", "mcc", "ce_loss"];
+pub const METRICS: &[&str] = &[
+    "accuracy", "macro_f1", "mcc", "ce_loss", "em", "qa_f1", "rouge_l",
+];
 pub const RUNNABLE: Ty = Ty::Either(&Ty::Model, &Ty::Adapter);
 pub const SPLITS: &[&str] = &["test", "dev", "train"];
 
@@ -58,6 +62,13 @@ pub const P_EBATCH: Param = Param::opt(
     "Examples per forward pass.",
 )
 .range(1.0, 1e6);
+pub const P_MAX_NEW: Param = Param::opt(
+    "max_new",
+    Ty::Int,
+    Const::Int(16),
+    "Most tokens a decoder generates per answer (text metrics em / qa_f1 / rouge_l).",
+)
+.range(1.0, 4096.0);
 
 static SIG: Signature = Signature {
     id: "evaluate",
@@ -65,14 +76,20 @@ static SIG: Signature = Signature {
     summary: "Score models and adapters on tasks: a table with one row per (model, task).",
     doc: "Columns: model, task, split, n, then one per metric (accuracy, macro_f1, mcc, ce_loss = mean \
           cross-entropy of the class scores). Rows follow the order of `models` then `tasks`. \
-          Models are named by `names`, else by what made them (e.g. `lora(movies)`).",
+          Models are named by `names`, else by what made them (e.g. `lora(movies)`). \
+          Text metrics compare an answer string with the gold answer (the gold label's answer \
+          choice / label word): `em` (SQuAD exact match), `qa_f1` (SQuAD token F1), `rouge_l` \
+          (rouge_score's LCS F-measure). A decoder with a prompt format generates its answer \
+          greedily (up to `max_new` tokens, stopping at end-of-sequence or a newline); an encoder \
+          or a classification head answers with the word of its predicted class, so there `em` \
+          equals accuracy.",
     params: &[
         Param::req("models", Ty::Either(&RUNNABLE, &Ty::List(&RUNNABLE)), "A model or adapter, or a list of them."),
         Param::req("tasks", TASKS_TY, "A task or a list of tasks."),
         Param::opt("metric", Ty::Either(&Ty::Enum(METRICS), &Ty::List(&Ty::Enum(METRICS))), Const::Str("accuracy"), "A metric or a list of metrics."),
         P_SPLIT,
         Param::opt("names", Ty::Opt(&Ty::List(&Ty::Str)), Const::None, "Row labels for the models."),
-        P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH,
+        P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH, P_MAX_NEW,
     ],
     returns: Ty::Table,
     ret_fn: None,
@@ -90,6 +107,8 @@ pub struct Overrides<'a> {
     pub template: Option<&'a str>,
     pub words: Option<&'a str>,
     pub max_len: usize,
+    /// Most generated tokens per answer (text metrics).
+    pub max_new: usize,
 }
 
 impl<'a> Overrides<'a> {
@@ -105,6 +124,7 @@ impl<'a> Overrides<'a> {
             template: opt("template")?,
             words: opt("words")?,
             max_len: args.int("max_len")?.max(1) as usize,
+            max_new: args.int("max_new").unwrap_or(16).max(1) as usize,
         })
     }
 }
@@ -113,6 +133,10 @@ impl<'a> Overrides<'a> {
 pub struct Scored {
     pub logits: Vec<Vec<f32>>,
     pub gold: Vec<u32>,
+    /// Answer strings (generated, or the predicted class's word) when text metrics were asked.
+    pub answers: Option<Vec<String>>,
+    /// The gold answer of each example (its label's answer choice / word).
+    pub gold_answers: Vec<String>,
 }
 
 impl Scored {
@@ -123,6 +147,17 @@ impl Scored {
             "macro_f1" => macro_f1(&pred, &self.gold),
             "mcc" => mcc(&pred, &self.gold),
             "ce_loss" => Ok(mean_ce(&self.logits, &self.gold)),
+            m if TEXT_METRICS.contains(&m) => {
+                let answers = self.answers.as_ref().ok_or_else(|| {
+                    OpError::new(
+                        "smelt::internal",
+                        "answers were not generated for a text metric",
+                    )
+                })?;
+                let gold: Vec<Vec<String>> =
+                    self.gold_answers.iter().map(|g| vec![g.clone()]).collect();
+                mean_text_metric(m, answers, &gold)
+            }
             m => Err(
                 OpError::new("smelt::eval::metric", format!("unknown metric `{m}`"))
                     .with_help(format!("metrics: {}", METRICS.join(", "))),
@@ -131,13 +166,19 @@ impl Scored {
     }
 }
 
-/// Scores `run` on `task`'s `split`.
+/// Whether any of `metrics` needs answer strings.
+pub fn wants_text<S: AsRef<str>>(metrics: &[S]) -> bool {
+    metrics.iter().any(|m| TEXT_METRICS.contains(&m.as_ref()))
+}
+
+/// Scores `run` on `task`'s `split`; `text` also produces answer strings for text metrics.
 pub fn score(
     run: &Runnable,
     task: &TaskData,
     split: &str,
     o: &Overrides,
     batch: usize,
+    text: bool,
 ) -> Result<Scored, OpError> {
     let examples = task.split(split);
     if examples.is_empty() {
@@ -162,9 +203,23 @@ pub fn score(
     };
     let feed = Feed::new(&run.lm, &spec, task, examples)?;
     let logits = feed.all_logits(&run.lm, head.as_ref(), batch)?;
+    let gold = feed.labels();
+    let words = if spec.words.is_empty() {
+        &task.labels
+    } else {
+        &spec.words
+    };
+    let word = |l: u32| words.get(l as usize).cloned().unwrap_or_default();
+    let answers = match (text, feed.prompts().is_some()) {
+        (false, _) => None,
+        (true, true) => Some(greedy_answers(&run.lm, &feed, o.max_new)?),
+        (true, false) => Some(argmax(&logits).into_iter().map(word).collect()),
+    };
     Ok(Scored {
         logits,
-        gold: feed.labels(),
+        gold_answers: gold.iter().map(|&l| word(l)).collect(),
+        gold,
+        answers,
     })
 }
 
@@ -212,7 +267,7 @@ impl Operator for Evaluate {
             let run = Runnable::load(m, &cx.device)?;
             let label = names.as_ref().map_or(run.label.clone(), |n| n[i].clone());
             for task in &tasks {
-                let s = score(&run, task, split, &o, batch)
+                let s = score(&run, task, split, &o, batch, wants_text(&metrics))
                     .map_err(|e| e.context(format!("evaluating {label} on {}", task.name)))?;
                 let mut row = vec![
                     label.clone().into(),

@@ -12,6 +12,7 @@
 pub mod args;
 pub mod ctx;
 pub mod data;
+pub mod best;
 pub mod evaluate;
 pub mod helpers;
 pub mod load;
@@ -155,5 +156,6 @@ pub fn builtin_registry() -> Registry {
     r.add(measure::score::Score);
     // Evaluation.
     r.add(evaluate::Evaluate);
+    r.add(best::Best);
     r
 }

@@ -293,6 +293,16 @@ impl Feed {
         self.items.iter().map(|i| i.label).collect()
     }
 
+    /// Each example's prompt (the tokens before its answer) for decoder prompt formats.
+    pub fn prompts(&self) -> Option<Vec<&[u32]>> {
+        matches!(self.format, Format::Choice { .. }).then(|| {
+            self.items
+                .iter()
+                .map(|i| &i.enc.ids[..i.target_start])
+                .collect()
+        })
+    }
+
     /// Whether this format trains a classification head.
     pub fn needs_head(&self) -> bool {
         matches!(self.format, Format::Cls)

@@ -8,7 +8,8 @@
 //! * [`trainer`]: the loop — seeded data order, weighted mean loss, accumulation, clipping,
 //!   early stopping on a dev metric, NaN/Inf detection (`smelt::train::nan_loss`);
 //! * [`classify`]: `[CLS]` head, MLM label-word logits, decoder answer-choice logits,
-//!   cross-entropy; [`metrics`]: accuracy, macro-F1, MCC.
+//!   cross-entropy; [`metrics`]: accuracy, macro-F1, MCC; [`text_metrics`]: EM, QA-F1,
+//!   Rouge-L of answers [`generate`]d greedily by decoders.
 //!
 //! Determinism: every random choice (head init, data order) comes from its own
 //! `ChaCha8Rng::seed_from_u64`, so a run is reproducible bit for bit on one machine.
@@ -16,9 +17,11 @@
 pub mod classify;
 pub mod delta;
 pub mod feed;
+pub mod generate;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod text_metrics;
 pub mod trainer;
 
 pub use classify::{cls_logits, cross_entropy, ClsHead};

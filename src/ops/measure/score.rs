@@ -7,8 +7,8 @@
 use crate::data::TaskData;
 use crate::diag::OpError;
 use crate::ops::evaluate::{
-    score, Overrides, METRICS, P_EBATCH, P_EHEAD, P_EMAX_LEN, P_ETEMPLATE, P_EWORDS, P_SPLIT,
-    RUNNABLE,
+    score, wants_text, Overrides, METRICS, P_EBATCH, P_EHEAD, P_EMAX_LEN, P_ETEMPLATE, P_EWORDS,
+    P_MAX_NEW, P_SPLIT, RUNNABLE,
 };
 use crate::ops::train::runnable::{runnable_args, Runnable};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -26,7 +26,7 @@ static SIG: Signature = Signature {
         Param::req("model", RUNNABLE, "A model or an adapter."),
         Param::req("task", Ty::Task, "The task."),
         Param::opt("metric", Ty::Enum(METRICS), Const::Str("accuracy"), "The metric."),
-        P_SPLIT, P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH,
+        P_SPLIT, P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH, P_MAX_NEW,
     ],
     returns: Ty::Float,
     ret_fn: None,
@@ -53,6 +53,7 @@ impl Operator for Score {
             args.str("split")?,
             &Overrides::of(args)?,
             args.int("batch")?.max(1) as usize,
+            wants_text(&[args.str("metric")?]),
         )?;
         Ok(Value::Float(s.metric(args.str("metric")?)?))
     }

@@ -128,6 +128,22 @@ pub fn tasks_arg(args: &Args, name: &str) -> Result<Vec<TaskData>, OpError> {
     }
 }
 
+/// The `tasks` arguments' store directories and payloads, by task name (recorded with trained
+/// artifacts so `best(…, by=dev_accuracy)` can score them on their own dev data).
+fn task_artifacts(args: &Args) -> Result<serde_json::Map<String, serde_json::Value>, OpError> {
+    let arts = match args.get("tasks")? {
+        Value::List(_) => args.artifacts("tasks", Kind::Task)?,
+        _ => vec![args.artifact("tasks", Kind::Task)?],
+    };
+    Ok(arts
+        .iter()
+        .map(|a| {
+            let name = a.data["name"].as_str().unwrap_or_default().to_string();
+            (name, json!({"dir": a.dir, "data": a.data}))
+        })
+        .collect())
+}
+
 fn opt_usize(args: &Args, name: &str) -> Result<Option<usize>, OpError> {
     match args.get(name)? {
         Value::None => Ok(None),
@@ -371,6 +387,7 @@ fn inner(
         "quant": quant.map(|q| q.name()),
         "quant_bytes": quant_summary.as_ref().map(|q| q.quant_bytes),
         "tasks": names,
+        "task_artifacts": task_artifacts(args)?,
         "formats": formats,
         "base": {"dir": base.dir, "key": base.key.hex()},
         "steps": report.steps,

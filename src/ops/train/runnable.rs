@@ -138,7 +138,7 @@ pub struct Runnable {
     pub delta: Option<Delta>,
 }
 
-fn info_of(dir: &Path) -> serde_json::Value {
+pub fn info_of(dir: &Path) -> serde_json::Value {
     read_json(&dir.join(INFO_FILE)).unwrap_or(serde_json::Value::Null)
 }
 
