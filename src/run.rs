@@ -191,10 +191,10 @@ fn expect_failure(
     ))
 }
 
-/// Save a realised value: a model as an HF directory, a table as CSV/JSON/Markdown.
+/// Save a realised value: a model (or a Fisher) as an HF directory, a table as CSV/JSON/Markdown.
 pub fn save(v: &Value, dest: &Path) -> Result<(), OpError> {
     match v {
-        Value::Artifact(a) if matches!(a.kind, Kind::Model | Kind::Adapter) => {
+        Value::Artifact(a) if matches!(a.kind, Kind::Model | Kind::Adapter | Kind::Fisher) => {
             copy_dir_atomic(&a.dir, dest)
         }
         Value::Artifact(a) if a.kind == Kind::Table => write_table(&Table::from_value(v), dest),

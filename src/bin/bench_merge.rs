@@ -1,13 +1,15 @@
-//! `bench_merge [MODEL_DIR] [N]`: how close the streaming merge gets to the I/O floor.
+//! `bench_merge [MODEL_DIR] [N] [average|ties]`: how close the streaming merge gets to the I/O floor.
 //!
 //! Makes N perturbed copies of a model (seeded noise, written with the streaming writer) in a
 //! scratch directory, then times (a) reading every byte of every input file with the page cache
 //! warm — the floor any merge must pay — (b) reading and converting every tensor to f32,
-//! (c) `mean` and the writer on their own, and (d) averaging the N copies with
+//! (c) the combine (`mean`, or TIES) and the writer on their own, and (d) merging the N copies with
 //! `merge_streaming` (best of 5). Prints wall times, input GB/s and the peak RSS of the merges
-//! (VmHWM, reset just before them). Defaults: the MiniLM test model, N = 4.
+//! (VmHWM, reset just before them). Defaults: the MiniLM test model, N = 4. With `ties` the
+//! timed merge is TIES (first copy as base, density 0.2, sign `sum`) instead of the average.
 
 use smelt::diag::OpError;
+use smelt::ops::merge::ties::{SignRule, TiesMerge};
 use smelt::tensors::merge::mean;
 use smelt::tensors::{merge_streaming, Dtype, ModelDir, SafetensorsWriter, WriterOptions};
 use std::collections::BTreeMap;
@@ -23,6 +25,11 @@ struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // `SMELT_BENCH_KEEP=1` keeps the copies (e.g. for benches/mergekit_compare.sh).
+        if std::env::var_os("SMELT_BENCH_KEEP").is_some() {
+            println!("kept the copies in {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -72,7 +79,15 @@ fn best_of<T>(mut f: impl FnMut() -> Result<T, OpError>) -> Result<(f64, T), OpE
 }
 
 /// Time `mean` and the writer on their own (inputs decoded beforehand, untimed); best of runs.
-fn phases(copies: &[ModelDir], out: &Path, dtype: Dtype) -> Result<(f64, f64), OpError> {
+/// The combine under test: one buffer per input in, merged values out.
+type Combine<'a> = dyn FnMut(&[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+
+fn phases(
+    copies: &[ModelDir],
+    out: &Path,
+    dtype: Dtype,
+    combine: &mut Combine,
+) -> Result<(f64, f64), OpError> {
     let specs: Vec<_> = copies[0]
         .signature()
         .into_iter()
@@ -94,7 +109,7 @@ fn phases(copies: &[ModelDir], out: &Path, dtype: Dtype) -> Result<(f64, f64), O
                 .map(|m| m.read_f32(name))
                 .collect::<Result<Vec<_>, _>>()?;
             let t = Instant::now();
-            let merged = mean(&bufs);
+            let merged = combine(&bufs)?;
             c += t.elapsed().as_secs_f64();
             let t = Instant::now();
             writer.write_f32(name, &merged)?;
@@ -119,6 +134,12 @@ fn run() -> Result<(), OpError> {
             .map_err(|_| OpError::msg(format!("N must be a positive integer, got `{s}`")))?,
         None => 4,
     };
+    let method = args.get(2).map(String::as_str).unwrap_or("average");
+    if !matches!(method, "average" | "ties") {
+        return Err(OpError::msg(format!(
+            "METHOD must be `average` or `ties`, got `{method}`"
+        )));
+    }
     let base = ModelDir::open(model)?;
     let dtype = base
         .tensors()
@@ -186,8 +207,16 @@ fn run() -> Result<(), OpError> {
         gb / conv_s
     );
     drop(vals);
-    let (combine_s, write_s) = phases(&copies, &scratch.0.join("phases.safetensors"), dtype)?;
-    println!("phases alone: combine (mean) {combine_s:.4} s, convert+write output {write_s:.4} s");
+    let mut ties = TiesMerge::new(vec![0.2; n.saturating_sub(1)], SignRule::Sum, 1.0);
+    let mut combine = |v: &[Vec<f32>]| match method {
+        "ties" => ties.combine(v),
+        _ => Ok(mean(v)),
+    };
+    let out = scratch.0.join("phases.safetensors");
+    let (combine_s, write_s) = phases(&copies, &out, dtype, &mut combine)?;
+    println!(
+        "phases alone: combine ({method}) {combine_s:.4} s, convert+write output {write_s:.4} s"
+    );
 
     let refs: Vec<&ModelDir> = copies.iter().collect();
     let out = scratch.0.join("merged");
@@ -197,12 +226,12 @@ fn run() -> Result<(), OpError> {
     }
     let rss_before = status_mb("VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux >= 4.0)
-    let mut average = |_: &str, v: &[Vec<f32>]| Ok(mean(v));
+    let mut named = |_: &str, v: &[Vec<f32>]| combine(v);
     let (merge_s, stats) =
-        best_of(|| merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut average))?;
+        best_of(|| merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut named))?;
     let peak = status_mb("VmHWM:");
     println!(
-        "average n={n}: {merge_s:.3} s, {:.2} GB/s input, peak RSS {peak:.0} MB; io floor {io_s:.3} s \
+        "{method} n={n}: {merge_s:.3} s, {:.2} GB/s input, peak RSS {peak:.0} MB; io floor {io_s:.3} s \
          (ratio {:.1}x; RSS before the merges {rss_before:.0} MB)",
         stats.bytes_read as f64 / 1e9 / merge_s,
         merge_s / io_s

@@ -460,7 +460,14 @@ impl<'a> Evaluator<'a> {
         }
         let args = Args::new(values);
         let ret = match sig.ret_fn {
-            Some(_) => Type::Unknown,
+            Some(f) => {
+                let types: Vec<Type> = args
+                    .values
+                    .iter()
+                    .map(|(_, v)| crate::types::check::value_type(v))
+                    .collect();
+                f(&types)
+            }
             None => Type::from_ty(&sig.returns),
         };
         match sig.kind {

@@ -13,6 +13,10 @@
 //! Prefix tuning hooks in through `prefix` (see [`crate::nn::peft::prefix`]): per layer its
 //! keys/values are prepended, the padding mask gets `P` leading ones and positions start at `P`
 //! (as HF with `past_key_values`).
+//!
+//! Per-example gradients hook in through `set_probe` (see [`crate::nn::probe`]): every linear,
+//! LayerNorm and the summed embedding lookups (word, token type, position) record their output
+//! gradient and input, and the last hidden state is kept as the note `last_hidden_state`.
 
 use crate::diag::OpError;
 use crate::nn::config::{BertConfig, BertFlavor};
@@ -20,6 +24,7 @@ use crate::nn::heads::{ClassifierHead, MlmHead};
 use crate::nn::linear::Linear;
 use crate::nn::ops::{mask_rows, padding_bias, softmax_last, LayerNorm};
 use crate::nn::peft::prefix::{prepend, PrefixHook};
+use crate::nn::probe::{Probe, Tap};
 use crate::nn::weights::Weights;
 use candle_core::{DType, Tensor, D};
 
@@ -53,6 +58,8 @@ pub struct BertModel {
     pub mlm: MlmHead,
     /// Prefix-tuning keys/values prepended in every layer's attention.
     pub prefix: Option<PrefixHook>,
+    /// Gradient probe for per-example gradients (installed with [`BertModel::set_probe`]).
+    pub probe: Option<Probe>,
 }
 
 /// Encoder outputs.
@@ -174,7 +181,42 @@ impl BertModel {
             classifier,
             mlm,
             prefix: None,
+            probe: None,
         })
+    }
+
+    /// Installs (or removes) a gradient probe on every parameterised op: embeddings, norms,
+    /// projections, pooler and heads.
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ] {
+                lin.probe = probe.clone();
+            }
+        }
+        if let Some(p) = &mut self.pooler {
+            p.probe = probe.clone();
+        }
+        if let Some(c) = &mut self.classifier {
+            c.set_probe(probe.clone());
+        }
+        self.mlm.set_probe(probe.clone());
+        self.probe = probe;
+    }
+
+    /// LayerNorm, probed when a probe is installed.
+    fn norm(&self, n: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = n.forward(x)?;
+        match &self.probe {
+            Some(p) => p.layer_norm(&y, x, &n.weight, &n.bias, n.eps),
+            None => Ok(y),
+        }
     }
 
     /// Last hidden state `[B, T, H]`. `ids`, `type_ids`, `mask` are integer `[B, T]` tensors;
@@ -236,6 +278,9 @@ impl BertModel {
         if all_hidden {
             hidden_states.push(x.clone());
         }
+        if let Some(probe) = &self.probe {
+            probe.note("last_hidden_state", &x);
+        }
         let pooled = match &self.pooler {
             Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
             None => None,
@@ -271,20 +316,47 @@ impl BertModel {
             .word
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, h))?;
+        // What each table was indexed with, for the probe (all `[B, T]`).
+        let probing = self.probe.is_some();
+        let mut taps = vec![(&e.word, ids.clone())];
         if let Some(tt) = &e.token_type {
             x = match type_ids {
                 Some(ty) => (x + tt.index_select(&ty.flatten_all()?, 0)?.reshape((b, t, h))?)?,
                 None => x.broadcast_add(&tt.narrow(0, 0, 1)?)?,
             };
+            if probing {
+                let ty = match type_ids {
+                    Some(ty) => ty.clone(),
+                    None => Tensor::zeros((b, t), DType::U32, ids.device())?,
+                };
+                taps.push((tt, ty));
+            }
         }
         x = match self.config.flavor {
-            BertFlavor::Bert => x.broadcast_add(&e.position.narrow(0, offset, t)?)?,
+            BertFlavor::Bert => {
+                if probing {
+                    let pos = Tensor::arange(offset as u32, (offset + t) as u32, ids.device())?;
+                    taps.push((&e.position, pos.unsqueeze(0)?.repeat((b, 1))?));
+                }
+                x.broadcast_add(&e.position.narrow(0, offset, t)?)?
+            }
             BertFlavor::Roberta => {
                 let pos = roberta_positions(ids, mask, self.config.pad_token_id, offset)?;
+                taps.push((&e.position, pos.reshape((b, t))?));
                 (x + e.position.index_select(&pos, 0)?.reshape((b, t, h))?)?
             }
         };
-        Ok(e.norm.forward(&x)?)
+        if let Some(p) = &self.probe {
+            let taps = taps
+                .into_iter()
+                .map(|(table, ids)| Tap::Lookup {
+                    table: table.id(),
+                    ids,
+                })
+                .collect();
+            x = p.tap(&x, taps)?;
+        }
+        Ok(self.norm(&e.norm, &x)?)
     }
 
     fn layer_forward(
@@ -311,9 +383,9 @@ impl BertModel {
         }
         let ctx = softmax_last(&scores)?.matmul(&v)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        let a = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + x)?)?;
+        let a = self.norm(&l.attn_norm, &(l.attn_out.forward(&ctx)? + x)?)?;
         let f = c.hidden_act.apply(&l.intermediate.forward(&a)?)?;
-        l.out_norm.forward(&(l.output.forward(&f)? + a)?)
+        self.norm(&l.out_norm, &(l.output.forward(&f)? + a)?)
     }
 
     /// Sequence-classification logits `[B, labels]`; errors when the checkpoint has no head.

@@ -7,11 +7,15 @@
 //! decoder weight is stored). Without them — the committed models ship none — the head is the
 //! **tied decoder only**: `logits = hidden · Eᵀ`, no transform, no bias. Nothing is initialised
 //! at random and `MlmHead::is_tied_only` says which case applies.
+//!
+//! `set_probe` installs a gradient [`Probe`] on every parameterised op of a head (its linears
+//! and the MLM transform's LayerNorm) for per-example gradients.
 
 use crate::diag::OpError;
 use crate::nn::config::{Activation, BertConfig, BertFlavor};
 use crate::nn::linear::Linear;
 use crate::nn::ops::LayerNorm;
+use crate::nn::probe::Probe;
 use crate::nn::weights::Weights;
 use candle_core::{Result, Tensor};
 
@@ -64,6 +68,17 @@ impl ClassifierHead {
         Ok(None)
     }
 
+    /// Installs (or removes) a gradient probe on the head's linears.
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        match self {
+            ClassifierHead::Linear(l) => l.probe = probe,
+            ClassifierHead::Roberta { dense, out_proj } => {
+                dense.probe = probe.clone();
+                out_proj.probe = probe;
+            }
+        }
+    }
+
     /// Logits `[B, labels]` from the `[CLS]` hidden state `[B, H]` and the pooled output.
     pub fn forward(&self, cls: &Tensor, pooled: Option<&Tensor>) -> Result<Tensor> {
         match self {
@@ -82,6 +97,8 @@ pub struct MlmHead {
     pub act: Activation,
     /// `[vocab, H]`, usually the word embeddings themselves.
     pub decoder: Linear,
+    /// Records the transform LayerNorm's output gradient (per-example gradients).
+    pub probe: Option<Probe>,
 }
 
 impl MlmHead {
@@ -146,12 +163,14 @@ impl MlmHead {
                 transform: Some((d, ln)),
                 act,
                 decoder: Linear::new(dec_w, b),
+                probe: None,
             });
         }
         Ok(MlmHead {
             transform: None,
             act,
             decoder: Linear::new(word.clone(), None),
+            probe: None,
         })
     }
 
@@ -159,11 +178,24 @@ impl MlmHead {
         self.transform.is_none()
     }
 
+    /// Installs (or removes) a gradient probe on the transform, its LayerNorm and the decoder.
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        if let Some((dense, _)) = &mut self.transform {
+            dense.probe = probe.clone();
+        }
+        self.decoder.probe = probe.clone();
+        self.probe = probe;
+    }
+
     /// Logits `[..., vocab]` for hidden states `[..., H]`.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.transform {
             Some((dense, norm)) => {
-                let x = norm.forward(&self.act.apply(&dense.forward(hidden)?)?)?;
+                let a = self.act.apply(&dense.forward(hidden)?)?;
+                let mut x = norm.forward(&a)?;
+                if let Some(p) = &self.probe {
+                    x = p.layer_norm(&x, &a, &norm.weight, &norm.bias, norm.eps)?;
+                }
                 self.decoder.forward(&x)
             }
             None => self.decoder.forward(hidden),

@@ -17,7 +17,12 @@
 //! the same format, as PEFT's merge into a 4-bit layer, so merging there is lossy). The forward
 //! dequantizes and then runs the ordinary matmul, so gradients reach LoRA/adapters exactly as on
 //! a dense layer.
+//!
+//! Per-example gradients: with a [`Probe`] in `probe`, the frozen output `x Wᵀ + b` gets a zero
+//! probe variable added and the input recorded (see [`crate::nn::probe`]), before any LoRA delta
+//! or output hook, so the probe measures `∂L/∂(x Wᵀ + b)`.
 
+use crate::nn::probe::Probe;
 use crate::nn::quant::{QuantBits, QuantTensor};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
@@ -92,6 +97,8 @@ pub struct Linear {
     pub output: Option<LinearHook>,
     /// The frozen weight in quantized form (then `weight` is a placeholder).
     pub quant: Option<Arc<QuantTensor>>,
+    /// Records the frozen output's gradient for per-example parameter gradients.
+    pub probe: Option<Probe>,
 }
 
 impl Linear {
@@ -103,6 +110,7 @@ impl Linear {
             lora_input: None,
             output: None,
             quant: None,
+            probe: None,
         }
     }
 
@@ -183,6 +191,9 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (x2, lead) = flatten(x)?;
         let mut y = self.base_2d(&x2)?;
+        if let Some(p) = &self.probe {
+            y = p.linear(&y, &x2, &self.weight, self.bias.as_ref())?;
+        }
         if let Some(l) = &self.lora {
             y = match &self.lora_input {
                 Some(h) => (y + l.forward_2d(&(h.0)(&x2)?)?)?,

@@ -11,12 +11,17 @@
 //! Prefix tuning hooks in through `prefix` (see [`crate::nn::peft::prefix`]): per layer `P`
 //! key/value vectors per KV head are prepended after RoPE (prefix keys are not rotated), every
 //! query sees them, and the real tokens take positions `P..P+T`, as HF with `past_key_values`.
+//!
+//! Per-example gradients hook in through `set_probe` (see [`crate::nn::probe`]): the embedding
+//! lookup, every RMSNorm and every projection (the LM head included) record their output
+//! gradient and input.
 
 use crate::diag::OpError;
 use crate::nn::config::LlamaConfig;
 use crate::nn::linear::Linear;
 use crate::nn::ops::{causal_bias, rms_norm, rope, softmax_last};
 use crate::nn::peft::prefix::{prepend, PrefixHook};
+use crate::nn::probe::{Probe, Tap};
 use crate::nn::weights::Weights;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -44,6 +49,8 @@ pub struct LlamaModel {
     pub tied: bool,
     /// Prefix-tuning keys/values prepended in every layer's attention.
     pub prefix: Option<PrefixHook>,
+    /// Gradient probe for per-example gradients (installed with [`LlamaModel::set_probe`]).
+    pub probe: Option<Probe>,
     /// RoPE tables `[max_positions, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
@@ -138,6 +145,7 @@ impl LlamaModel {
             lm_head,
             tied,
             prefix: None,
+            probe: None,
             cos,
             sin,
         })
@@ -175,9 +183,40 @@ impl LlamaModel {
             lm_head,
             tied: self.tied,
             prefix: None,
+            probe: None,
             cos: cast(&self.cos)?,
             sin: cast(&self.sin)?,
         })
+    }
+
+    /// Installs (or removes) a gradient probe on the embedding lookup, every RMSNorm and every
+    /// projection including the LM head.
+    pub fn set_probe(&mut self, probe: Option<Probe>) {
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                lin.probe = probe.clone();
+            }
+        }
+        self.lm_head.probe = probe.clone();
+        self.probe = probe;
+    }
+
+    /// RMSNorm with `weight`, probed when a probe is installed.
+    fn norm(&self, x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let y = rms_norm(x, weight, eps)?;
+        match &self.probe {
+            Some(p) => p.rms_norm(&y, x, weight, eps),
+            None => Ok(y),
+        }
     }
 
     /// Full-sequence logits `[B, T, vocab]` for integer `ids [B, T]` and an optional 0/1
@@ -217,6 +256,13 @@ impl LlamaModel {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, c.hidden_size))?;
+        if let Some(p) = &self.probe {
+            let tap = Tap::Lookup {
+                table: self.embed_tokens.id(),
+                ids: ids.clone(),
+            };
+            x = p.tap(&x, vec![tap])?;
+        }
         let mut bias = causal_bias(b, t, mask, x.device())?.to_dtype(x.dtype())?;
         let kv = self.prefix.as_ref().map(|h| (h.kv)()).transpose()?;
         if kv.as_ref().is_some_and(|kv| kv.len() != self.layers.len()) {
@@ -238,7 +284,7 @@ impl LlamaModel {
             let pre = kv.as_ref().map(|kv| &kv[i]);
             x = self.layer_forward(layer, &x, &bias, pre, &cos, &sin)?;
         }
-        let x = rms_norm(&x, &self.norm, c.rms_norm_eps)?;
+        let x = self.norm(&x, &self.norm)?;
         if all_hidden {
             hidden_states.push(x.clone());
         }
@@ -261,7 +307,7 @@ impl LlamaModel {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let rep = nh / nkv;
-        let h = rms_norm(x, &l.input_norm, c.rms_norm_eps)?;
+        let h = self.norm(x, &l.input_norm)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
         let q = rope(&heads(l.q_proj.forward(&h)?, nh)?, cos, sin)?;
         let mut k = rope(&heads(l.k_proj.forward(&h)?, nkv)?, cos, sin)?;
@@ -281,7 +327,7 @@ impl LlamaModel {
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
         let x = (x + l.o_proj.forward(&ctx)?)?;
-        let h = rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+        let h = self.norm(&x, &l.post_norm)?;
         let m = (l.gate_proj.forward(&h)?.silu()? * l.up_proj.forward(&h)?)?;
         x + l.down_proj.forward(&m)?
     }

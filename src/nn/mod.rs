@@ -12,6 +12,8 @@ pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod peft;
+pub mod per_example;
+pub mod probe;
 pub mod quant;
 pub mod tokenizer;
 pub mod weights;
@@ -99,6 +101,14 @@ impl LoadedModel {
         match &mut self.model {
             Model::Bert(m) => m.linears_mut(),
             Model::Llama(m) => m.linears_mut(),
+        }
+    }
+
+    /// Installs (or removes) a per-example gradient probe on every parameterised op.
+    pub fn set_probe(&mut self, probe: Option<probe::Probe>) {
+        match &mut self.model {
+            Model::Bert(m) => m.set_probe(probe),
+            Model::Llama(m) => m.set_probe(probe),
         }
     }
 

@@ -12,6 +12,7 @@
 pub mod args;
 pub mod ctx;
 pub mod data;
+pub mod estimate;
 pub mod best;
 pub mod evaluate;
 pub mod helpers;
@@ -131,6 +132,7 @@ pub fn builtin_registry() -> Registry {
     r.add(load::task::LoadTask);
     r.add(load::task::LoadTasks);
     r.add(load::adapter::LoadAdapter);
+    r.add(load::fisher::LoadFisher);
     // Task data.
     r.add(data::kshot::KShot);
     r.add(data::subsample::Subsample);
@@ -147,10 +149,18 @@ pub fn builtin_registry() -> Registry {
     r.add(train::prefix::TrainPrefix);
     r.add(train::quantized::TrainQLora);
     r.add(train::quantized::TrainQAdapter);
+    // Estimates.
+    r.add(estimate::fisher::EstimateFisher);
     // Merging.
     r.add(merge::average::Average);
     r.add(merge::linear::Linear);
     r.add(merge::task_arithmetic::TaskArithmetic);
+    r.add(merge::fisher::FisherMerge);
+    r.add(merge::uncertainty::Uncertainty);
+    r.add(merge::ties::Ties);
+    r.add(merge::dare::Dare);
+    r.add(merge::slerp::Slerp);
+    r.add(merge::softmax::Softmax);
     // Measurements.
     r.add(measure::distance::Distance);
     r.add(measure::score::Score);

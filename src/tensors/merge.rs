@@ -7,24 +7,214 @@
 //! buffers) are copied from the first input unchanged. The output is built in
 //! `<out_dir>.tmp-<pid>` together with `config.json` (with `torch_dtype` updated) and the first
 //! input's tokenizer files, and renamed into place only after everything succeeded.
+//!
+//! **Which tensors are merged** ([`plan_merge`], header-only, also run by `smelt check`). The
+//! first input is the *reference* (a merge's base, or its first model when it has none): the
+//! output has the reference's tensor names, shapes and config. A tensor is *combined* when the
+//! selection predicate ([`MergeOptions::select`], the `include=`/`exclude=` filters) selects
+//! it, it is a float tensor and every input has it; the inputs then must agree on shape and on
+//! float-ness. Otherwise it is *passed through*: copied from the reference without decoding the
+//! other inputs or calling `combine` (bit for bit when the output dtype is the stored one,
+//! converted otherwise). Integer tensors are always passed through.
+//!
+//! **Tensors that only some inputs have** ([`Partial`], the `partial=` option of merges):
+//! - `error` (default): the merge is refused and the error lists every such tensor and the
+//!   input lacking it — a missing tensor usually means a wrong checkpoint (a head-less base, a
+//!   model saved with tied weights), which should not pass silently.
+//! - `base`: keep the reference's layout — a tensor the reference has but some input lacks is
+//!   copied from the reference unchanged (as if excluded); a tensor the reference lacks is left
+//!   out. The result loads wherever the reference loads.
+//! - `skip`: keep only the tensors every input has; the others are left out of the result.
+//!
+//! Tensors outside the selection are not checked against the other inputs at all (so
+//! `exclude=["classifier"]` merges models whose heads differ in shape, keeping the reference's
+//! head). The vocabulary sizes in `config.json` must always agree.
 
 use super::dtype::Dtype;
-use super::model_dir::ModelDir;
-use super::pipeline::stream_tensors;
+use super::model_dir::{ModelDir, INCOMPATIBLE};
+use super::pipeline::{stream_tensors, Step};
 use super::writer::{SafetensorsWriter, WriterOptions};
 use crate::diag::OpError;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The per-tensor callback of a merge: `(tensor name, one f32 buffer per input) → merged values`.
 pub type CombineFn<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
 
+/// What a merge does with a tensor that only some of its inputs have (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partial {
+    #[default]
+    Error,
+    Base,
+    Skip,
+}
+
+impl Partial {
+    pub const NAMES: [&'static str; 3] = ["error", "base", "skip"];
+
+    pub fn parse(s: &str) -> Option<Partial> {
+        match s {
+            "error" => Some(Partial::Error),
+            "base" => Some(Partial::Base),
+            "skip" => Some(Partial::Skip),
+            _ => None,
+        }
+    }
+}
+
+/// Which tensors a merge combines, and what it does with partial ones.
+#[derive(Clone, Copy, Default)]
+pub struct MergeOptions<'a> {
+    /// Tensors (by name) to combine; `None` selects every tensor. Unselected tensors are
+    /// copied from the first input.
+    pub select: Option<&'a dyn Fn(&str) -> bool>,
+    pub partial: Partial,
+}
+
+impl MergeOptions<'_> {
+    fn selects(&self, name: &str) -> bool {
+        self.select.is_none_or(|f| f(name))
+    }
+}
+
+/// How one output tensor is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Decode it from every input and call `combine`.
+    Combine,
+    /// Copy it from the first input (the reference).
+    PassThrough,
+}
+
+/// One tensor of the output, in sorted name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub name: String,
+    pub action: Action,
+}
+
+/// Decide, from headers only, which tensors the output has and which are combined (see the
+/// module docs). Errors name every offending tensor.
+pub fn plan_merge(inputs: &[&ModelDir], opts: &MergeOptions) -> Result<Vec<Planned>, OpError> {
+    let Some(&first) = inputs.first() else {
+        return Ok(Vec::new());
+    };
+    let fail = |msg: String| {
+        OpError::new(INCOMPATIBLE, msg).with_help(
+            "merging needs models of one architecture and vocabulary (fine-tunes of one base)",
+        )
+    };
+    let a = first.path().display();
+    for other in &inputs[1..] {
+        if let (Some(va), Some(vb)) = (first.vocab_size(), other.vocab_size()) {
+            if va != vb {
+                let b = other.path().display();
+                return Err(fail(format!(
+                    "vocabulary sizes differ: {a} has {va}, {b} has {vb}"
+                )));
+            }
+        }
+    }
+    let names: BTreeSet<&String> = inputs.iter().flat_map(|m| m.tensors().keys()).collect();
+    let mut plan = Vec::new();
+    // (tensor, an input that has it, an input that lacks it)
+    let mut partial: Vec<(&str, &ModelDir, &ModelDir)> = Vec::new();
+    for name in names {
+        let Some(x) = first.info(name) else {
+            if opts.selects(name) {
+                let has = inputs.iter().find(|m| m.info(name).is_some()).copied();
+                partial.push((name, has.unwrap_or(first), first));
+            }
+            continue;
+        };
+        if !opts.selects(name) {
+            plan.push(Planned::pass(name));
+            continue;
+        }
+        if let Some(lacks) = inputs.iter().find(|m| m.info(name).is_none()) {
+            partial.push((name, first, lacks));
+            match opts.partial {
+                Partial::Base => plan.push(Planned::pass(name)),
+                Partial::Error | Partial::Skip => {}
+            }
+            continue;
+        }
+        for other in &inputs[1..] {
+            let y = other.info(name).expect("presence checked above");
+            let b = other.path().display();
+            if x.shape != y.shape {
+                return Err(fail(format!(
+                    "tensor `{name}` has shape {:?} in {a} but {:?} in {b}",
+                    x.shape, y.shape
+                )));
+            }
+            if x.dtype.is_float() != y.dtype.is_float() {
+                return Err(fail(format!(
+                    "tensor `{name}` is {} in {a} but {} in {b}",
+                    x.dtype, y.dtype
+                )));
+            }
+        }
+        plan.push(Planned {
+            name: name.clone(),
+            action: if x.dtype.is_float() {
+                Action::Combine
+            } else {
+                Action::PassThrough
+            },
+        });
+    }
+    if opts.partial == Partial::Error && !partial.is_empty() {
+        const SHOWN: usize = 8;
+        let lines: Vec<String> = partial
+            .iter()
+            .take(SHOWN)
+            .map(|(name, has, lacks)| {
+                format!(
+                    "tensor `{name}` is in {} but missing from {}",
+                    has.path().display(),
+                    lacks.path().display()
+                )
+            })
+            .collect();
+        let more = match partial.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!("; and {n} more"),
+        };
+        return Err(OpError::new(
+            INCOMPATIBLE,
+            format!(
+                "{} tensor(s) are not in every input: {}{more}",
+                partial.len(),
+                lines.join("; ")
+            ),
+        )
+        .with_help(
+            "partial=base copies them from the base (first input), partial=skip leaves them out, \
+             exclude=[...] copies named tensors from the base",
+        ));
+    }
+    Ok(plan)
+}
+
+impl Planned {
+    fn pass(name: &str) -> Planned {
+        Planned {
+            name: name.to_string(),
+            action: Action::PassThrough,
+        }
+    }
+}
+
 /// Figures from one merge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeStats {
     pub tensors: usize,
+    /// Tensors copied from the first input without calling `combine`.
+    pub passed_through: usize,
     /// Tensor bytes read from all inputs.
     pub bytes_read: u64,
     /// Bytes of all files written (weights, index, config, tokenizer files).
@@ -83,11 +273,27 @@ fn replaceable(path: &Path) -> bool {
 }
 
 /// Merge `inputs` into `out_dir`; `combine(name, per_model_values)` returns the merged values.
+/// Every tensor is combined and the inputs must have identical tensor sets.
 pub fn merge_streaming(
     inputs: &[&ModelDir],
     out_dir: &Path,
     out_dtype: Dtype,
     metadata: BTreeMap<String, String>,
+    combine: &mut CombineFn<'_>,
+) -> Result<MergeStats, OpError> {
+    let opts = MergeOptions::default();
+    merge_streaming_with(inputs, out_dir, out_dtype, metadata, &opts, combine)
+}
+
+/// [`merge_streaming`] with a tensor selection and a policy for partial tensors: `combine` is
+/// called only for the tensors [`plan_merge`] marks `Combine`; the others are copied from the
+/// first input (or left out).
+pub fn merge_streaming_with(
+    inputs: &[&ModelDir],
+    out_dir: &Path,
+    out_dtype: Dtype,
+    metadata: BTreeMap<String, String>,
+    opts: &MergeOptions,
     combine: &mut CombineFn<'_>,
 ) -> Result<MergeStats, OpError> {
     let start = Instant::now();
@@ -105,9 +311,7 @@ pub fn merge_streaming(
         )
         .with_help("choose F32, F16 or BF16"));
     }
-    for other in &inputs[1..] {
-        first.check_compatible(other)?;
-    }
+    let plan = plan_merge(inputs, opts)?;
     if out_dir.exists() && !replaceable(out_dir) {
         return Err(OpError::new(
             "smelt::io::output_exists",
@@ -127,17 +331,34 @@ pub fn merge_streaming(
     }
     std::fs::create_dir_all(&tmp.path).map_err(|e| io_err(&tmp.path, e))?;
 
-    let specs: Vec<(String, Dtype, Vec<usize>)> = first
-        .signature()
-        .into_iter()
-        .map(|(n, d, s)| (n, if d.is_float() { out_dtype } else { d }, s))
-        .collect();
+    let mut specs: Vec<(String, Dtype, Vec<usize>)> = Vec::with_capacity(plan.len());
+    let mut steps: Vec<Step> = Vec::with_capacity(plan.len());
+    for p in &plan {
+        let info = first
+            .info(&p.name)
+            .expect("planned tensors are in the first input");
+        let dtype = if info.dtype.is_float() {
+            out_dtype
+        } else {
+            info.dtype
+        };
+        specs.push((p.name.clone(), dtype, info.shape.clone()));
+        steps.push(match p.action {
+            Action::Combine => Step::Combine(&p.name),
+            Action::PassThrough if dtype == info.dtype => Step::CopyRaw(&p.name),
+            Action::PassThrough => Step::CopyConvert(&p.name),
+        });
+    }
+    let passed_through = steps
+        .iter()
+        .filter(|s| !matches!(s, Step::Combine(_)))
+        .count();
     let opts = WriterOptions {
         metadata,
         ..WriterOptions::default()
     };
     let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
-    let bytes_read = stream_tensors(inputs, &mut writer, combine)?;
+    let bytes_read = stream_tensors(inputs, &steps, &mut writer, combine)?;
     let mut bytes_written = writer.finish()?.bytes;
 
     if let Some(config) = first.config() {
@@ -160,6 +381,7 @@ pub fn merge_streaming(
     commit(tmp, out_dir)?;
     Ok(MergeStats {
         tensors: specs.len(),
+        passed_through,
         bytes_read,
         bytes_written,
         seconds: start.elapsed().as_secs_f64(),
@@ -308,6 +530,184 @@ mod tests {
             let want: f32 = (0..5).map(|i| i as f32 * (i * 10_000 + j) as f32).sum();
             assert_eq!(*g, want);
         }
+    }
+
+    /// A model with the given f32 tensors (1-D) and an integer buffer `ids`.
+    fn model_of(dir: &Path, tensors: &[(&str, Vec<f32>)], dtype: Dtype) -> ModelDir {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"vocab_size": 3}"#).unwrap();
+        let mut specs: Vec<(String, Dtype, Vec<usize>)> = tensors
+            .iter()
+            .map(|(n, v)| (n.to_string(), dtype, vec![v.len()]))
+            .collect();
+        specs.push(("ids".into(), Dtype::I64, vec![1]));
+        let path = dir.join("model.safetensors");
+        let mut w = SafetensorsWriter::create(&path, &specs, WriterOptions::default()).unwrap();
+        let mut sorted: Vec<(&str, Option<&Vec<f32>>)> =
+            tensors.iter().map(|(n, v)| (*n, Some(v))).collect();
+        sorted.push(("ids", None));
+        sorted.sort_by_key(|(n, _)| *n);
+        for (n, v) in sorted {
+            match v {
+                Some(v) => w.write_f32(n, v).unwrap(),
+                None => w.write_raw(n, &7i64.to_le_bytes()).unwrap(),
+            }
+        }
+        w.finish().unwrap();
+        ModelDir::open(dir).unwrap()
+    }
+
+    #[test]
+    fn unselected_tensors_pass_through_without_combine() {
+        let d = tempfile::tempdir().unwrap();
+        let tensors = |x: f32| vec![("emb", vec![x, 0.1]), ("head", vec![x; 3]), ("w", vec![x])];
+        let a = model_of(&d.path().join("a"), &tensors(1.0), Dtype::F16);
+        // `head` differs in shape: fine, since it is not selected.
+        let mut tb = tensors(3.0);
+        tb[1].1 = vec![3.0; 5];
+        let b = model_of(&d.path().join("b"), &tb, Dtype::F16);
+        let select = |n: &str| n != "head";
+        let opts = MergeOptions {
+            select: Some(&select),
+            partial: Partial::Error,
+        };
+        for (dtype, sub) in [(Dtype::F16, "same"), (Dtype::F32, "wider")] {
+            let mut seen = Vec::new();
+            let out = d.path().join(sub);
+            let stats = merge_streaming_with(
+                &[&a, &b],
+                &out,
+                dtype,
+                BTreeMap::new(),
+                &opts,
+                &mut |n, v| {
+                    seen.push(n.to_string());
+                    Ok(mean(v))
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, vec!["emb", "w"]);
+            assert_eq!((stats.tensors, stats.passed_through), (4, 2));
+            // Read: both inputs' `emb` and `w`, the first input's `head` and `ids`.
+            assert_eq!(stats.bytes_read, 2 * (4 + 2) + 6 + 8);
+            let m = ModelDir::open(&out).unwrap();
+            assert_eq!(
+                m.read_f32("emb").unwrap(),
+                vec![2.0, a.read_f32("emb").unwrap()[1]]
+            );
+            assert_eq!(m.read_f32("w").unwrap(), vec![2.0]);
+            assert_eq!(m.read_f32("head").unwrap(), vec![1.0; 3]);
+            assert_eq!(m.info("head").unwrap().dtype, dtype);
+            if dtype == Dtype::F16 {
+                assert_eq!(m.read_raw("head").unwrap(), a.read_raw("head").unwrap());
+            }
+            assert_eq!(m.read_raw("ids").unwrap(), a.read_raw("ids").unwrap());
+        }
+        // Without the filter the shape mismatch of `head` is an error.
+        let e = merge_streaming(
+            &[&a, &b],
+            &d.path().join("x"),
+            Dtype::F32,
+            BTreeMap::new(),
+            &mut |_, v| Ok(mean(v)),
+        );
+        assert_eq!(e.unwrap_err().code, INCOMPATIBLE);
+    }
+
+    #[test]
+    fn partial_tensors_follow_the_policy() {
+        let d = tempfile::tempdir().unwrap();
+        let base = model_of(
+            &d.path().join("base"),
+            &[("a", vec![1.0]), ("only_base", vec![5.0]), ("w", vec![2.0])],
+            Dtype::F32,
+        );
+        let m1 = model_of(
+            &d.path().join("m1"),
+            &[
+                ("a", vec![3.0]),
+                ("only_models", vec![9.0]),
+                ("w", vec![4.0]),
+            ],
+            Dtype::F32,
+        );
+        let m2 = model_of(
+            &d.path().join("m2"),
+            &[
+                ("a", vec![5.0]),
+                ("only_base", vec![6.0]),
+                ("only_models", vec![9.0]),
+                ("w", vec![6.0]),
+            ],
+            Dtype::F32,
+        );
+        let inputs = [&base, &m1, &m2];
+        let run = |partial: Partial, sub: &str| {
+            let opts = MergeOptions {
+                select: None,
+                partial,
+            };
+            let out = d.path().join(sub);
+            let mut seen = Vec::new();
+            merge_streaming_with(
+                &inputs,
+                &out,
+                Dtype::F32,
+                BTreeMap::new(),
+                &opts,
+                &mut |n, v| {
+                    seen.push(n.to_string());
+                    Ok(mean(v))
+                },
+            )
+            .map(|_| (ModelDir::open(&out).unwrap(), seen))
+        };
+        let e = run(Partial::Error, "e").unwrap_err();
+        assert_eq!(e.code, INCOMPATIBLE);
+        assert!(
+            e.message.starts_with("2 tensor(s) are not in every input"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("`only_base`") && e.message.contains("`only_models`"));
+        assert!(
+            e.message.contains("m1"),
+            "names the input lacking it: {}",
+            e.message
+        );
+        assert!(e.help.unwrap().contains("partial=base"));
+        assert!(!d.path().join("e").exists());
+
+        let (m, seen) = run(Partial::Base, "b").unwrap();
+        assert_eq!(seen, vec!["a", "w"]);
+        let names: Vec<&String> = m.tensors().keys().collect();
+        assert_eq!(names, ["a", "ids", "only_base", "w"]);
+        assert_eq!(m.read_f32("only_base").unwrap(), vec![5.0]);
+        assert_eq!(m.read_f32("a").unwrap(), vec![3.0]);
+
+        let (m, seen) = run(Partial::Skip, "s").unwrap();
+        assert_eq!(seen, vec!["a", "w"]);
+        let names: Vec<&String> = m.tensors().keys().collect();
+        assert_eq!(names, ["a", "ids", "w"]);
+        assert_eq!(m.read_f32("w").unwrap(), vec![4.0]);
+
+        // An unselected partial tensor the base has is simply copied, whatever the policy.
+        let select = |n: &str| n != "only_base" && n != "only_models";
+        let opts = MergeOptions {
+            select: Some(&select),
+            partial: Partial::Error,
+        };
+        let plan = plan_merge(&inputs, &opts).unwrap();
+        let got: Vec<(&str, Action)> = plan.iter().map(|p| (p.name.as_str(), p.action)).collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Action::Combine),
+                ("ids", Action::PassThrough),
+                ("only_base", Action::PassThrough),
+                ("w", Action::Combine)
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! thread decodes the other inputs of the next tensor and encodes and writes the previous result.
 //! How many inputs each side decodes follows measured costs, so neither waits for the other.
 //! Decode buffers are recycled through a pool, so memory stays at about two tensors' worth of
-//! inputs plus two combined results.
+//! inputs plus two combined results. Tensors the merge passes through (integer buffers, tensors
+//! outside a merge's selection) are read from the first input only and never reach `combine`.
 
 use super::merge::CombineFn;
 use super::model_dir::ModelDir;
@@ -21,6 +22,17 @@ fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Resul
         input.evict(name);
     }
     Ok(())
+}
+
+/// How one output tensor is produced, in the writer's (sorted) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// Decode from every input and combine.
+    Combine(&'a str),
+    /// Copy the first input's stored bytes (the output dtype is the stored one).
+    CopyRaw(&'a str),
+    /// Decode the first input and write it in the output dtype.
+    CopyConvert(&'a str),
 }
 
 /// Work for the helper thread, done in the order sent.
@@ -118,15 +130,16 @@ impl Balance {
     }
 }
 
-/// Read, combine and write every tensor in name order; returns the tensor bytes read.
+/// Produce every tensor of `steps` (in the writer's order); returns the tensor bytes read.
 ///
 /// Two cores, two threads. The scoped helper owns the writer: it decodes the first `r` inputs
 /// of tensor k+1 and then encodes and writes tensor k, while this thread decodes the other
 /// `n - r` inputs and runs `combine` (which need not be `Send`). `r` follows measured costs
 /// (see [`Balance`]). Decode buffers are recycled through a pool, so about two tensors' worth
 /// of inputs plus two combined results are alive at once.
-pub(crate) fn stream_tensors(
-    inputs: &[&ModelDir],
+pub(crate) fn stream_tensors<'s>(
+    inputs: &[&'s ModelDir],
+    steps: &[Step<'s>],
     writer: &mut SafetensorsWriter,
     combine: &mut CombineFn<'_>,
 ) -> Result<u64, OpError> {
@@ -134,12 +147,21 @@ pub(crate) fn stream_tensors(
     let Some(&first) = inputs.first() else {
         return Ok(0);
     };
-    let floats: Vec<(&str, usize)> = first
-        .tensors()
+    let info = |name: &str| {
+        first.info(name).ok_or_else(|| {
+            OpError::new(
+                "smelt::internal",
+                format!("merge plan names `{name}`, which the first input lacks"),
+            )
+        })
+    };
+    let floats: Vec<(&str, usize)> = steps
         .iter()
-        .filter(|(_, (_, t))| t.dtype.is_float())
-        .map(|(k, (_, t))| (k.as_str(), t.numel()))
-        .collect();
+        .filter_map(|s| match s {
+            Step::Combine(name) => Some(info(name).map(|t| (*name, t.numel()))),
+            _ => None,
+        })
+        .collect::<Result<_, _>>()?;
     let mut bytes_read = 0u64;
     std::thread::scope(|scope| -> Result<u64, OpError> {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
@@ -161,13 +183,31 @@ pub(crate) fn stream_tensors(
             r
         };
         let mut r = send_decode(&mut pool, n);
-        for (name, (_, info)) in first.tensors() {
-            if !info.dtype.is_float() {
-                let raw = first.read_raw(name)?;
-                bytes_read += raw.len() as u64;
-                let _ = write_tx.send(Job::WriteRaw { name, raw });
-                continue;
-            }
+        for &step in steps {
+            let name = match step {
+                Step::CopyRaw(name) => {
+                    let raw = first.read_raw(name)?;
+                    bytes_read += raw.len() as u64;
+                    let _ = write_tx.send(Job::WriteRaw { name, raw });
+                    continue;
+                }
+                Step::CopyConvert(name) => {
+                    let info = info(name)?;
+                    let mut values = take(&mut pool, 1, info.numel()).pop().unwrap_or_default();
+                    first.read_f32_into(name, &mut values)?;
+                    first.evict(name);
+                    let bytes = info.byte_len() as u64;
+                    bytes_read += bytes;
+                    let _ = write_tx.send(Job::Write {
+                        name,
+                        values,
+                        bytes,
+                    });
+                    continue;
+                }
+                Step::Combine(name) => name,
+            };
+            let info = info(name)?;
             let bytes = info.byte_len() as u64;
             let start = Instant::now();
             let mut own = take(&mut pool, n - r, info.numel());
@@ -269,6 +309,7 @@ fn helper_loop(
                 if write_err.is_none() {
                     write_err = writer.write_raw(name, raw).err();
                 }
+                inputs[0].evict(name);
             }
         }
     }
@@ -301,6 +342,20 @@ mod tests {
         ModelDir::open(path).unwrap()
     }
 
+    /// Combine every float tensor, copy the rest (what a merge without options does).
+    fn all(m: &ModelDir) -> Vec<Step<'_>> {
+        m.tensors()
+            .iter()
+            .map(|(k, (_, t))| {
+                if t.dtype.is_float() {
+                    Step::Combine(k)
+                } else {
+                    Step::CopyRaw(k)
+                }
+            })
+            .collect()
+    }
+
     fn sink(dir: &Path, m: &ModelDir) -> SafetensorsWriter {
         let specs: Vec<_> = m
             .signature()
@@ -324,7 +379,7 @@ mod tests {
         let refs: Vec<&ModelDir> = ms.iter().collect();
         let mut w = sink(d.path(), &ms[0]);
         let mut seen = Vec::new();
-        let read = stream_tensors(&refs, &mut w, &mut |name, v| {
+        let read = stream_tensors(&refs, &all(&ms[0]), &mut w, &mut |name, v| {
             seen.push(name.to_string());
             assert_eq!(
                 v.iter().map(|x| x[0]).collect::<Vec<_>>(),
@@ -376,7 +431,7 @@ mod tests {
         let specs = vec![("a".to_string(), Dtype::F32, vec![3])];
         let out = d.path().join("out.safetensors");
         let mut w = SafetensorsWriter::create(&out, &specs, WriterOptions::default()).unwrap();
-        let e = stream_tensors(&[&m], &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
+        let e = stream_tensors(&[&m], &all(&m), &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
         assert!(e.message.contains("`c`"), "{}", e.message);
     }
 
@@ -388,7 +443,8 @@ mod tests {
             .collect();
         let refs: Vec<&ModelDir> = ms.iter().collect();
         let mut w = sink(d.path(), &ms[0]);
-        let e = stream_tensors(&refs, &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
+        let e =
+            stream_tensors(&refs, &all(&ms[0]), &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
         assert_eq!(e.code, "smelt::io::unsupported_dtype");
         assert!(e.message.contains("`b`"), "{}", e.message);
     }

@@ -293,7 +293,7 @@ impl Checker<'_> {
             }
             StmtKind::Save { value, path } => {
                 let t = self.expr(value);
-                if !matches!(t, Type::Model | Type::Adapter | Type::Table | Type::Unknown) {
+                if !matches!(t, Type::Model | Type::Adapter | Type::Fisher | Type::Table | Type::Unknown) {
                     self.err(
                         Diagnostic::error(
                             "smelt::check::cannot_save",
@@ -470,7 +470,9 @@ pub fn literal_number(e: &Expr) -> Option<f64> {
     }
 }
 
-pub(super) fn value_type(v: &crate::value::Value) -> Type {
+/// The static type of a value: scalars, artifacts by kind, unrealised nodes by their
+/// recorded type, lists by their first element (and their length).
+pub fn value_type(v: &crate::value::Value) -> Type {
     use crate::value::Value;
     match v {
         Value::Int(_) => Type::Int,
@@ -478,7 +480,13 @@ pub(super) fn value_type(v: &crate::value::Value) -> Type {
         Value::Bool(_) => Type::Bool,
         Value::Str(_) => Type::Str,
         Value::None => Type::None,
-        Value::List(_) => Type::List(Box::new(Type::Unknown), Some(0)),
+        Value::Node(n) => n.ty.clone(),
+        Value::Artifact(a) => a.kind.ty(),
+        Value::List(xs) => Type::List(
+            Box::new(xs.first().map_or(Type::Unknown, value_type)),
+            Some(xs.len()),
+        ),
+        Value::Tuple(xs) => Type::Tuple(xs.iter().map(value_type).collect()),
         _ => Type::Unknown,
     }
 }

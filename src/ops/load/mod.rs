@@ -3,5 +3,6 @@
 //! path string, so moving a checkpoint keeps the cache and editing one invalidates it.
 
 pub mod adapter;
+pub mod fisher;
 pub mod model;
 pub mod task;

@@ -1,10 +1,17 @@
-//! `merge linear(models, weights)`: θ = Σᵢ wᵢ·θᵢ (optionally divided by Σᵢ wᵢ).
+//! `merge linear(models, weights)`: θ = Σᵢ wᵢ·θᵢ (optionally divided by Σᵢ wᵢ) — of full
+//! models, or of PEFT adapters of one base in adapter space (see [`super::adapter_space`]).
 //!
 //! The weighted sum is accumulated in f32 in input order. Weights may be negative. With one
 //! model and weight 1 the result is the input, bit for bit (in its own dtype).
 
+use super::adapter_params::{
+    filter_provenance, follows_input, run_adapter_merge, validate_inputs, MERGEABLE, MERGED,
+    MODE_PARAM, RANK_PARAM,
+};
+use super::adapter_set::{inputs, Inputs};
 use super::{
-    open_models, out_dtype, provenance, stream_to_model, validate_models, weighted_sum, DTYPE_PARAM,
+    open_models, out_dtype, provenance, stream_merge, weighted_sum, DTYPE_PARAM, EXCLUDE_PARAM,
+    INCLUDE_PARAM,
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -16,18 +23,28 @@ pub struct Linear;
 static SIG: Signature = Signature {
     id: "merge.linear",
     version: 1,
-    summary: "Weighted sum of models: θ = Σ wᵢ θᵢ.",
-    doc: "Streams tensor by tensor; every float tensor of every model is combined (integer buffers are \
-          copied from the first model). `normalize=true` divides by Σ wᵢ (which must then be non-zero).",
+    summary: "Weighted sum of models, or of adapters of one base: θ = Σ wᵢ θᵢ.",
+    doc: "Models: streams tensor by tensor; every float tensor of every model is combined (integer \
+          buffers are copied from the first model). Adapters give an adapter: `mode=factors` combines \
+          every adapter tensor on its own (LoRA A and B apart), `mode=delta` combines LoRA weight \
+          deltas exactly, ΔW = Σ wᵢ sᵢ Bᵢ Aᵢ (negative weights subtract, with no cross terms), \
+          re-factorised to `rank`. `normalize=true` divides by Σ wᵢ (which must then be non-zero).",
     params: &[
-        Param::req("models", Ty::List(&Ty::Model), "Models with identical tensor names and shapes."),
+        Param::req("models", MERGEABLE, "Models with identical tensor names and shapes, or adapters of one base model."),
         Param::req("weights", Ty::List(&Ty::Float), "One weight per model."),
         Param::opt("normalize", Ty::Bool, Const::Bool(false), "Divide the weights by their sum."),
+        INCLUDE_PARAM,
+        EXCLUDE_PARAM,
         DTYPE_PARAM,
+        MODE_PARAM,
+        RANK_PARAM,
     ],
-    returns: Ty::Model,
-    ret_fn: None,
-    examples: &["let m = load model(\"assets/models/minilm-l3-v8k\")\nlet mix = merge linear([m, m], [0.3, 0.7])"],
+    returns: MERGED,
+    ret_fn: Some(follows_input),
+    examples: &[
+        "let m = load model(\"assets/models/minilm-l3-v8k\")\nlet mix = merge linear([m, m], [0.3, 0.7])",
+        "let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet loras = [train lora(lm, t, head=prompt) for t in ts]\nlet forget = merge linear(loras, [1.0, -0.5], mode=delta, rank=8)",
+    ],
     reference: Some("Wortsman et al., Model soups (ICML 2022), arXiv:2203.05482"),
     determinism: Determinism::Pure,
     kind: OpKind::Node,
@@ -41,16 +58,19 @@ impl Operator for Linear {
     }
 
     fn validate(&self, args: &Args) -> Result<(), OpError> {
-        validate_models(&args.list("models")?.iter().collect::<Vec<_>>())
+        validate_inputs(args, "models")
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
-        let models = args.artifacts("models", Kind::Model)?;
+        let inputs = inputs(args.list("models")?, "merge linear")?;
+        let n = match &inputs {
+            Inputs::Models(a) | Inputs::Adapters(a) => a.len(),
+        };
         let mut weights = args.floats("weights")?;
-        if weights.len() != models.len() {
+        if weights.len() != n {
             return Err(OpError::new(
                 "smelt::run::length_mismatch",
-                format!("{} models but {} weights", models.len(), weights.len()),
+                format!("{n} models but {} weights", weights.len()),
             ));
         }
         if args.bool("normalize")? {
@@ -64,6 +84,11 @@ impl Operator for Linear {
             }
             weights.iter_mut().for_each(|w| *w /= total);
         }
+        if let Inputs::Adapters(arts) = inputs {
+            let id = (SIG.id, SIG.version);
+            return run_adapter_merge(cx, args, &arts, id, &weights, serde_json::json!({}));
+        }
+        let models = args.artifacts("models", Kind::Model)?;
         let dirs = open_models(&models)?;
         let dtype = out_dtype(args, &dirs[0])?;
         let w32: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
@@ -72,9 +97,9 @@ impl Operator for Linear {
             SIG.id,
             SIG.version,
             &models,
-            &format!("weights={weights:?}"),
+            &format!("weights={weights:?}{}", filter_provenance(args)),
         );
-        stream_to_model(cx, &dirs, dtype, meta, &mut |_, xs| {
+        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
             Ok(weighted_sum(xs, &w32))
         })
     }
@@ -124,6 +149,8 @@ mod tests {
             ),
             ("normalize", Value::Bool(false)),
             ("dtype", Value::str("auto")),
+            ("mode", Value::str("factors")),
+            ("rank", Value::None),
         ]);
         let mut cx = OpCtx::for_test(t.path().join("out"), 0);
         let out = Linear.run(&mut cx, &args).unwrap();

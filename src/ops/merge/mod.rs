@@ -5,19 +5,44 @@
 //! whatever the storage dtype, and writes an HF directory with provenance in the safetensors
 //! `__metadata__`. Output dtype: `auto` keeps the first input's dtype, so merging one f16 model
 //! with weight 1 gives it back bit for bit.
+//!
+//! Tensor selection (`include=`/`exclude=`, [`filter`]) and the policy for tensors that only
+//! some inputs have (`partial=`, [`crate::tensors::merge::Partial`]) are shared: an operator
+//! declares [`INCLUDE_PARAM`], [`EXCLUDE_PARAM`], [`PARTIAL_PARAM`], checks them in `validate`
+//! with [`validate_merge`] and streams with [`stream_merge`]. Unselected tensors are copied from
+//! the reference input (the base, or the first model) without any combine work.
 
+pub mod adapter_delta;
+#[cfg(test)]
+pub(crate) mod adapter_fixtures;
+pub mod adapter_params;
+pub mod adapter_prefix;
+pub mod adapter_set;
+pub mod adapter_space;
 pub mod average;
+pub mod dare;
+pub mod filter;
+pub mod fisher;
 pub mod linear;
+pub mod lowrank;
+pub mod slerp;
+pub mod softmax;
 pub mod task_arithmetic;
+pub mod ties;
+pub mod uncertainty;
+
+pub use filter::{
+    name_filter, partial_policy, NameFilter, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
+};
 
 use crate::diag::OpError;
 use crate::ops::{Args, Const, OpCtx, Param};
 use crate::tensors::header::Dtype;
-use crate::tensors::merge::merge_streaming;
+use crate::tensors::merge::{merge_streaming_with, plan_merge, MergeOptions, Partial};
 use crate::tensors::model_dir::ModelDir;
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The shared `dtype` parameter of merges.
@@ -75,6 +100,41 @@ pub fn validate_models(values: &[&Value]) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Every tensor name of the given inputs, sorted (what filter patterns are checked against).
+pub fn tensor_names(dirs: &[&ModelDir]) -> Vec<String> {
+    let names: BTreeSet<&String> = dirs.iter().flat_map(|d| d.tensors().keys()).collect();
+    names.into_iter().cloned().collect()
+}
+
+/// Header-only check of a merge with filters: the patterns of `include`/`exclude` must match
+/// tensors of the inputs and the inputs must be compatible on the selected tensors under the
+/// `partial` policy. `values` lists the model arguments with the reference (the base, or the
+/// first model) first. Runs only when the reference is realised (its tensors decide the
+/// output); unrealised other inputs are skipped.
+pub fn validate_merge(args: &Args, values: &[&Value]) -> Result<(), OpError> {
+    let model = |v: &&Value| {
+        v.as_artifact()
+            .filter(|a| a.kind == Kind::Model)
+            .map(|a| a.dir.clone())
+    };
+    if values.first().and_then(model).is_none() {
+        return Ok(());
+    }
+    let dirs: Vec<ModelDir> = values
+        .iter()
+        .filter_map(model)
+        .map(ModelDir::open)
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&ModelDir> = dirs.iter().collect();
+    let filter = name_filter(args, &tensor_names(&refs))?;
+    let select = |n: &str| filter.selects(n);
+    let opts = MergeOptions {
+        select: Some(&select),
+        partial: partial_policy(args)?,
+    };
+    plan_merge(&refs, &opts).map(|_| ())
+}
+
 /// Provenance written into the result's safetensors `__metadata__`.
 pub fn provenance(
     cx: &OpCtx,
@@ -104,6 +164,7 @@ pub fn provenance(
 pub type Combine<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
 
 /// Run a streaming merge of `inputs` into the node's output directory and describe the result.
+/// Every tensor is combined; the inputs must have identical tensor sets.
 pub fn stream_to_model(
     cx: &OpCtx,
     inputs: &[ModelDir],
@@ -111,13 +172,58 @@ pub fn stream_to_model(
     metadata: BTreeMap<String, String>,
     combine: &mut Combine,
 ) -> Result<Value, OpError> {
+    stream_to_model_with(
+        cx,
+        inputs,
+        dtype,
+        metadata,
+        &NameFilter::all(),
+        Partial::Error,
+        combine,
+    )
+}
+
+/// [`stream_to_model`] with the operator's `include`/`exclude`/`partial` arguments (missing ones
+/// mean no filter and `partial=error`). `inputs[0]` is the reference: unselected tensors are
+/// copied from it and `combine` sees only the selected ones.
+pub fn stream_merge(
+    cx: &OpCtx,
+    args: &Args,
+    inputs: &[ModelDir],
+    dtype: Dtype,
+    metadata: BTreeMap<String, String>,
+    combine: &mut Combine,
+) -> Result<Value, OpError> {
+    let refs: Vec<&ModelDir> = inputs.iter().collect();
+    let filter = name_filter(args, &tensor_names(&refs))?;
+    let partial = partial_policy(args)?;
+    stream_to_model_with(cx, inputs, dtype, metadata, &filter, partial, combine)
+}
+
+/// [`stream_to_model`] with an explicit filter and partial-tensor policy.
+pub fn stream_to_model_with(
+    cx: &OpCtx,
+    inputs: &[ModelDir],
+    dtype: Dtype,
+    metadata: BTreeMap<String, String>,
+    filter: &NameFilter,
+    partial: Partial,
+    combine: &mut Combine,
+) -> Result<Value, OpError> {
     let out = cx.out_dir.join("model");
     let refs: Vec<&ModelDir> = inputs.iter().collect();
-    let stats = merge_streaming(&refs, &out, dtype, metadata, combine)?;
+    let select = |n: &str| filter.selects(n);
+    let opts = MergeOptions {
+        select: (!filter.is_all()).then_some(&select as &dyn Fn(&str) -> bool),
+        partial,
+    };
+    let stats = merge_streaming_with(&refs, &out, dtype, metadata, &opts, combine)?;
     let dir = ModelDir::open(&out)?;
     let mut data = crate::ops::load::model::model_summary(&dir);
     data["merge_seconds"] = serde_json::json!(stats.seconds);
     data["bytes_read"] = serde_json::json!(stats.bytes_read);
+    data["tensors_merged"] = serde_json::json!(stats.tensors - stats.passed_through);
+    data["tensors_copied"] = serde_json::json!(stats.passed_through);
     Ok(Value::Artifact(Arc::new(Artifact {
         kind: Kind::Model,
         dir: out,
@@ -167,5 +273,39 @@ pub(crate) mod testutil {
         w.write_f32("a", a).unwrap();
         w.write_f32("b", b).unwrap();
         w.finish().unwrap();
+    }
+
+    /// Write a model whose tensors are the given 1-D f32 vectors.
+    pub fn model_with(dir: &Path, tensors: &[(&str, &[f32])]) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type":"bert"}"#).unwrap();
+        let specs: Vec<_> = tensors
+            .iter()
+            .map(|(n, v)| (n.to_string(), Dtype::F32, vec![v.len()]))
+            .collect();
+        let path = dir.join("model.safetensors");
+        let mut w = SafetensorsWriter::create(&path, &specs, WriterOptions::default()).unwrap();
+        let mut sorted = tensors.to_vec();
+        sorted.sort_by_key(|(n, _)| *n);
+        for (n, v) in sorted {
+            w.write_f32(n, v).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// A realised model argument pointing at `dir`.
+    pub fn model_value(dir: &Path) -> crate::value::Value {
+        crate::value::Value::Artifact(std::sync::Arc::new(crate::value::Artifact {
+            kind: crate::value::Kind::Model,
+            dir: dir.to_path_buf(),
+            key: crate::cache::Key::of_bytes(dir.to_string_lossy().as_bytes()),
+            data: serde_json::Value::Null,
+        }))
+    }
+
+    /// Tensors `a` and `b` of a merge result.
+    pub fn read(v: &crate::value::Value) -> (Vec<f32>, Vec<f32>) {
+        let dir = crate::tensors::model_dir::ModelDir::open(&v.as_artifact().unwrap().dir).unwrap();
+        (dir.read_f32("a").unwrap(), dir.read_f32("b").unwrap())
     }
 }

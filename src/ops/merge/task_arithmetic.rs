@@ -2,8 +2,13 @@
 //!
 //! Task vectors τᵢ = θᵢ − θ₀ are formed per tensor in f32 and added to the base with scaling
 //! `alpha` (one number for all, or one per model). With `alpha = 0` the base comes back exactly.
+//! Tensors outside `include`/`exclude` are copied from the base; `partial` decides about
+//! tensors that only some models have.
 
-use super::{open_models, out_dtype, provenance, stream_to_model, validate_models, DTYPE_PARAM};
+use super::{
+    open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
+    INCLUDE_PARAM, PARTIAL_PARAM,
+};
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::types::Ty;
@@ -16,11 +21,15 @@ static SIG: Signature = Signature {
     version: 1,
     summary: "Add scaled task vectors to a base: θ = θ₀ + Σ αᵢ (θᵢ − θ₀).",
     doc: "`alpha` is one scaling factor for every task vector, or a list with one per model. \
-          Every float tensor is merged (classifier heads included); integer buffers come from the base.",
+          Every float tensor is merged (classifier heads included) unless `include`/`exclude` say \
+          otherwise; unselected tensors and integer buffers come from the base.",
     params: &[
         Param::req("base", Ty::Model, "The pre-trained model θ₀ the task vectors are relative to."),
         Param::req("models", Ty::List(&Ty::Model), "Fine-tuned models θᵢ."),
         Param::opt("alpha", Ty::Either(&Ty::Float, &Ty::List(&Ty::Float)), Const::Float(1.0), "Scaling λ of the task vectors."),
+        INCLUDE_PARAM,
+        EXCLUDE_PARAM,
+        PARTIAL_PARAM,
         DTYPE_PARAM,
     ],
     returns: Ty::Model,
@@ -41,7 +50,7 @@ impl Operator for TaskArithmetic {
     fn validate(&self, args: &Args) -> Result<(), OpError> {
         let mut all = vec![args.get("base")?];
         all.extend(args.list("models")?.iter());
-        validate_models(&all)
+        validate_merge(args, &all)
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
@@ -65,8 +74,9 @@ impl Operator for TaskArithmetic {
         all.extend(models.iter().copied());
         let dirs = open_models(&all)?;
         let dtype = out_dtype(args, &dirs[0])?;
-        let meta = provenance(cx, SIG.id, SIG.version, &all, &format!("alpha={alphas:?}"));
-        stream_to_model(cx, &dirs, dtype, meta, &mut |_, xs| {
+        let params = format!("alpha={alphas:?}, {}", super::filter::describe(args)?);
+        let meta = provenance(cx, SIG.id, SIG.version, &all, &params);
+        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
             let (base, tuned) = xs.split_first().expect("base is present");
             let mut delta = vec![0f32; base.len()];
             for (x, &a) in tuned.iter().zip(&alphas) {
