@@ -32,7 +32,7 @@ static SIG: Signature = Signature {
         Param::req("models", Ty::List(&Ty::Model), "Models θₜ with identical tensor names and shapes."),
         Param::req("fishers", Ty::List(&Ty::Fisher), "Their diagonal Fishers Fₜ (same order)."),
         Param::opt("weights", Ty::Opt(&Ty::List(&Ty::Float)), Const::None, "Per-model weights αₜ ≥ 0 (default 1 each)."),
-        Param::opt("delta0", Ty::Float, Const::Float(0.0), "δ added to the denominator.").range(0.0, 1e300),
+        Param::opt("delta0", Ty::Float, Const::Float(0.0), "δ added to the denominator."),
         DTYPE_PARAM,
     ],
     returns: Ty::Model,
@@ -74,6 +74,19 @@ pub fn arg_values<'a>(args: &'a Args, lists: &[&str], singles: &[&str]) -> Vec<&
         }
     }
     out
+}
+
+/// The `delta0` argument, checked to be finite and ≥ 0.
+pub fn delta_arg(args: &Args) -> Result<f64, OpError> {
+    let d = args.float("delta0")?;
+    if d.is_finite() && d >= 0.0 {
+        return Ok(d);
+    }
+    Err(OpError::new(
+        "smelt::run::argument",
+        format!("`delta0={d}`: δ must be finite and ≥ 0"),
+    )
+    .with_help("δ is a small positive damping such as 1e-12 (or 0)"))
 }
 
 /// A Fisher value as f64, checked to be finite and ≥ 0.
@@ -132,7 +145,7 @@ impl Operator for FisherMerge {
                 format!("Fisher merging weights {weights:?} must be ≥ 0 with a positive sum"),
             ));
         }
-        let delta = args.float("delta0")?;
+        let delta = delta_arg(args)?;
         let mut all = models.clone();
         all.extend(fishers.iter().copied());
         let dirs = open_dirs(&all)?;
@@ -258,6 +271,8 @@ pub(crate) mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.code, "smelt::run::length_mismatch");
+        let e = run(args(vec![m("m1")], vec![f("f1")], Value::None, -1e-12)).unwrap_err();
+        assert_eq!(e.code, "smelt::run::argument");
     }
 
     /// A fresh directory name per call (tests run several merges into one temp dir).

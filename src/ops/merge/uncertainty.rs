@@ -15,7 +15,7 @@
 //! N_t (so s_t F_t is the sum-over-data Fisher); `base_scale` = the base Hessian's count.
 //! H̄ ≤ 0 (possible with negative α, or with δ = 0 where every Fisher is 0) is an error.
 
-use super::fisher::{arg_values, fisher_value, open_dirs, validate_inputs};
+use super::fisher::{arg_values, delta_arg, fisher_value, open_dirs, validate_inputs};
 use super::{out_dtype, provenance, stream_to_model, DTYPE_PARAM};
 use crate::diag::OpError;
 use crate::ops::estimate::fisher_examples;
@@ -44,7 +44,7 @@ static SIG: Signature = Signature {
         Param::req("hessians", Ty::List(&Ty::Fisher), "Their diagonal Fishers Fₜ (per-example averages), same order."),
         Param::opt("base", Ty::Opt(&Ty::Model), Const::None, "θ_LLM, the model the task vectors start from; default: the base the models record."),
         Param::opt("base_hessian", Ty::Opt(&Ty::Fisher), Const::None, "F₀, the base model's Fisher; default none (s₀F₀ = 0)."),
-        Param::opt("delta0", Ty::Float, Const::Float(1e-12), "δ, added to H̄ and to every numerator.").range(0.0, 1e300),
+        Param::opt("delta0", Ty::Float, Const::Float(1e-12), "δ, added to H̄ and to every numerator."),
         Param::opt("alpha", Ty::Float, Const::Float(1.0), "α, one scaling factor for all tasks (negative removes data; H̄ must stay > 0)."),
         Param::opt("base_scale", Ty::Opt(&Ty::Float), Const::None, "s₀ (the paper's scaling_factor_pt, e.g. the base's training-set size); default the base Hessian's example count."),
         Param::opt("scales", Ty::Opt(&Ty::List(&Ty::Float)), Const::None, "sₜ (scaling_factors_ft, e.g. training-set sizes); default each Fisher's example count."),
@@ -148,7 +148,7 @@ impl Operator for Uncertainty {
             _ => Some(args.artifact("base_hessian", Kind::Fisher)?),
         };
         let alpha = args.float("alpha")?;
-        let delta = args.float("delta0")?;
+        let delta = delta_arg(args)?;
         let scales: Vec<f64> = match args.get("scales")? {
             Value::None => hessians
                 .iter()
