@@ -9,7 +9,7 @@
 //! timed merge is TIES (first copy as base, density 0.2, sign `sum`) instead of the average.
 
 use smelt::diag::OpError;
-use smelt::ops::merge::ties::{SignRule, TiesMerge};
+use smelt::ops::merge::elect::{SignRule, TiesMerge};
 use smelt::tensors::merge::mean;
 use smelt::tensors::{merge_streaming, Dtype, ModelDir, SafetensorsWriter, WriterOptions};
 use std::collections::BTreeMap;

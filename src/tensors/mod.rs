@@ -9,6 +9,7 @@ pub mod convert;
 pub mod dtype;
 pub mod header;
 pub mod merge;
+pub mod merge_plan;
 pub mod model_dir;
 mod pipeline;
 pub mod writer;

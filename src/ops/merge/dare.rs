@@ -17,7 +17,8 @@
 //! Default p = 0.9, the paper's headline drop rate ("90% or even 99%"); mergekit's `density`
 //! is 1 − p.
 
-use super::ties::{apply, elect_block, per_model, SignRule, BLOCK};
+use super::elect::{apply, elect_block, SignRule, BLOCK};
+use super::ties::per_model;
 use super::{
     open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
     INCLUDE_PARAM, PARTIAL_PARAM,

@@ -21,6 +21,7 @@ pub mod adapter_set;
 pub mod adapter_space;
 pub mod average;
 pub mod dare;
+pub mod elect;
 pub mod filter;
 pub mod fisher;
 pub mod linear;
@@ -29,6 +30,7 @@ pub mod slerp;
 pub mod softmax;
 pub mod task_arithmetic;
 pub mod ties;
+pub mod trim;
 pub mod uncertainty;
 
 pub use filter::{
