@@ -10,10 +10,10 @@
 //! unrealised values ([`Operator::eval`]) and are never cached.
 
 pub mod args;
+pub mod best;
 pub mod ctx;
 pub mod data;
 pub mod estimate;
-pub mod best;
 pub mod evaluate;
 pub mod helpers;
 pub mod load;

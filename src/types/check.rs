@@ -293,7 +293,10 @@ impl Checker<'_> {
             }
             StmtKind::Save { value, path } => {
                 let t = self.expr(value);
-                if !matches!(t, Type::Model | Type::Adapter | Type::Fisher | Type::Table | Type::Unknown) {
+                if !matches!(
+                    t,
+                    Type::Model | Type::Adapter | Type::Fisher | Type::Table | Type::Unknown
+                ) {
                     self.err(
                         Diagnostic::error(
                             "smelt::check::cannot_save",
