@@ -9,6 +9,7 @@
 // their size costs nothing measurable; boxing them everywhere would obscure the code.
 #![allow(clippy::result_large_err)]
 
+pub mod bench;
 pub mod cache;
 pub mod data;
 pub mod diag;

@@ -8,6 +8,7 @@
 //! (VmHWM, reset just before them). Defaults: the MiniLM test model, N = 4. With `ties` the
 //! timed merge is TIES (first copy as base, density 0.2, sign `sum`) instead of the average.
 
+use smelt::bench::{main_with, reset_peak_rss, status_mb};
 use smelt::diag::OpError;
 use smelt::ops::merge::elect::{SignRule, TiesMerge};
 use smelt::tensors::merge::mean;
@@ -32,17 +33,6 @@ impl Drop for Scratch {
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn status_mb(field: &str) -> f64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = text
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
-    kb / 1024.0
 }
 
 /// Files holding the model's weights (shards plus index).
@@ -225,7 +215,7 @@ fn run() -> Result<(), OpError> {
         c.tensors().keys().for_each(|name| c.evict(name));
     }
     let rss_before = status_mb("VmRSS:");
-    let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux >= 4.0)
+    reset_peak_rss();
     let mut named = |_: &str, v: &[Vec<f32>]| combine(v);
     let (merge_s, stats) =
         best_of(|| merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut named))?;
@@ -246,11 +236,5 @@ fn run() -> Result<(), OpError> {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error[{}]: {}", e.code, e.message);
-        if let Some(h) = e.help {
-            eprintln!("help: {h}");
-        }
-        std::process::exit(1);
-    }
+    main_with(run);
 }

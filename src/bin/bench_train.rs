@@ -18,6 +18,7 @@
 //! per process.
 
 use candle_core::{Device, Tensor, D};
+use smelt::bench::{main_with, reset_peak_rss, status_mb};
 use smelt::diag::OpError;
 use smelt::nn::peft::{Lora, LoraConfig};
 use smelt::nn::{load, LoadedModel, Model};
@@ -34,17 +35,6 @@ const LR: f64 = 1e-4;
 const SEED: u64 = 0x005E_ED0F_5E17;
 /// Ids are drawn from `LOW_ID..vocab`, clear of both vocabularies' special tokens.
 const LOW_ID: u64 = 1000;
-
-fn status_mb(field: &str) -> f64 {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = text
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
-    kb / 1024.0
-}
 
 /// `[BATCH, SEQ]` u32 ids from a seeded xorshift64 stream (mirrored in `pytorch_train.py`).
 fn synthetic_ids(vocab: usize, device: &Device) -> Result<Tensor, OpError> {
@@ -91,7 +81,7 @@ fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor, OpError> {
 
 fn bench(name: &str, dir: &Path, warmup: usize, steps: usize) -> Result<(), OpError> {
     let device = Device::Cpu;
-    let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM (Linux >= 4.0)
+    reset_peak_rss();
     let t = Instant::now();
     let mut m: LoadedModel = load(dir, &device)?;
     println!(
@@ -217,11 +207,5 @@ fn run() -> Result<(), OpError> {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error[{}]: {}", e.code, e.message);
-        if let Some(h) = e.help {
-            eprintln!("help: {h}");
-        }
-        std::process::exit(1);
-    }
+    main_with(run);
 }

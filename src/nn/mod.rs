@@ -53,11 +53,17 @@ pub struct LoadedModel {
 /// `vocab_size` is an error; a missing one is allowed until [`LoadedModel::tokenizer`] is asked.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, OpError> {
     let config = ArchConfig::from_dir(dir)?;
-    let mut w = Weights::open(dir, device)?;
+    assemble(dir, config, &mut Weights::open(dir, device)?)
+}
+
+/// Builds `config`'s model from the tensors in `w` and reads `dir`'s tokenizer (checked
+/// against the vocabulary, optional) — the common tail of [`load`] and of the loaders that
+/// first turn the checkpoint's tensors into vars or named parameters.
+pub fn assemble(dir: &Path, config: ArchConfig, w: &mut Weights) -> Result<LoadedModel, OpError> {
     let ctx = |e: OpError| e.context(format!("loading {}", dir.display()));
     let model = match &config {
-        ArchConfig::Bert(c) => Model::Bert(BertModel::load(&mut w, c).map_err(ctx)?),
-        ArchConfig::Llama(c) => Model::Llama(LlamaModel::load(&mut w, c).map_err(ctx)?),
+        ArchConfig::Bert(c) => Model::Bert(BertModel::load(w, c).map_err(ctx)?),
+        ArchConfig::Llama(c) => Model::Llama(LlamaModel::load(w, c).map_err(ctx)?),
     };
     let tokenizer = match Tok::from_dir(dir, config.pad_token_id()) {
         Ok(t) => {

@@ -124,7 +124,7 @@ impl<'a> Overrides<'a> {
             template: opt("template")?,
             words: opt("words")?,
             max_len: args.int("max_len")?.max(1) as usize,
-            max_new: args.int("max_new").unwrap_or(16).max(1) as usize,
+            max_new: args.int("max_new")?.max(1) as usize,
         })
     }
 }

@@ -16,7 +16,7 @@
 use crate::diag::OpError;
 use crate::nn::peft::io::{read_safetensors, write_safetensors};
 use crate::nn::peft::{AdapterConfig, Adapters, Lora, LoraConfig, Prefix, PrefixConfig};
-use crate::nn::{ArchConfig, BertModel, LlamaModel, LoadedModel, Model, Tok, Weights};
+use crate::nn::{ArchConfig, LoadedModel, Weights};
 use crate::train::classify::ClsHead;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
@@ -68,25 +68,8 @@ pub fn load_trainable(
         map.insert(name.clone(), v.as_tensor().clone());
         vars.push((name, v));
     }
-    let mut w = Weights::from_map(map, device);
-    let model = match &config {
-        ArchConfig::Bert(c) => Model::Bert(BertModel::load(&mut w, c)?),
-        ArchConfig::Llama(c) => Model::Llama(LlamaModel::load(&mut w, c)?),
-    };
-    let tokenizer = match Tok::from_dir(dir, config.pad_token_id()) {
-        Ok(t) => Some(t),
-        Err(e) if e.code == "smelt::model::missing_tokenizer" => None,
-        Err(e) => return Err(e),
-    };
-    Ok((
-        LoadedModel {
-            dir: dir.to_path_buf(),
-            config,
-            model,
-            tokenizer,
-        },
-        vars,
-    ))
+    let lm = crate::nn::assemble(dir, config, &mut Weights::from_map(map, device))?;
+    Ok((lm, vars))
 }
 
 impl Delta {

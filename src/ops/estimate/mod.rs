@@ -23,7 +23,7 @@ pub mod fisher;
 use crate::diag::OpError;
 use crate::nn::per_example::SquaredGrads;
 use crate::nn::probe::Probe;
-use crate::nn::{ArchConfig, BertModel, LlamaModel, LoadedModel, Model, Tok, Weights};
+use crate::nn::{ArchConfig, LoadedModel, Weights};
 use crate::tensors::header::Dtype;
 use crate::tensors::model_dir::ModelDir;
 use crate::tensors::writer::{SafetensorsWriter, WriterOptions};
@@ -107,30 +107,8 @@ impl ProbedModel {
                 heads.insert(n.clone(), t.clone());
             }
         }
-        let mut w = Weights::from_map(map, device);
-        let ctx = |e: OpError| e.context(format!("loading {}", dir.display()));
-        let model = match &config {
-            ArchConfig::Bert(c) => Model::Bert(BertModel::load(&mut w, c).map_err(ctx)?),
-            ArchConfig::Llama(c) => Model::Llama(LlamaModel::load(&mut w, c).map_err(ctx)?),
-        };
-        let tokenizer = match Tok::from_dir(dir, config.pad_token_id()) {
-            Ok(t) => {
-                t.check_vocab(config.vocab_size())?;
-                Some(t)
-            }
-            Err(e) if e.code == "smelt::model::missing_tokenizer" => None,
-            Err(e) => return Err(e),
-        };
-        Ok(ProbedModel {
-            lm: LoadedModel {
-                dir: dir.to_path_buf(),
-                config,
-                model,
-                tokenizer,
-            },
-            params,
-            heads,
-        })
+        let lm = crate::nn::assemble(dir, config, &mut Weights::from_map(map, device))?;
+        Ok(ProbedModel { lm, params, heads })
     }
 
     /// The classification head for `task` (`classifier.<task>.*`, then `classifier.*`) with the

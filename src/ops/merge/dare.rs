@@ -18,10 +18,9 @@
 //! is 1 − p.
 
 use super::elect::{apply, elect_block, SignRule, BLOCK};
-use super::ties::per_model;
 use super::{
-    open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
-    INCLUDE_PARAM, PARTIAL_PARAM,
+    open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
+    DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -82,9 +81,7 @@ impl Operator for Dare {
     }
 
     fn validate(&self, args: &Args) -> Result<(), OpError> {
-        let mut all = vec![args.get("base")?];
-        all.extend(args.list("models")?.iter());
-        validate_merge(args, &all)
+        validate_base_and_models(args)
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {

@@ -137,6 +137,28 @@ pub fn validate_merge(args: &Args, values: &[&Value]) -> Result<(), OpError> {
     plan_merge(&refs, &opts).map(|_| ())
 }
 
+/// One number per model from a `Float | List<Float>` argument.
+pub fn per_model(args: &Args, name: &str, models: usize) -> Result<Vec<f64>, OpError> {
+    let vals = match args.get(name)? {
+        Value::List(_) => args.floats(name)?,
+        _ => vec![args.float(name)?; models],
+    };
+    if vals.len() != models {
+        return Err(OpError::new(
+            "smelt::run::length_mismatch",
+            format!("{models} models but {} {name} values", vals.len()),
+        ));
+    }
+    Ok(vals)
+}
+
+/// `validate` of the merges taking `base` and `models`: header checks of all of them.
+pub fn validate_base_and_models(args: &Args) -> Result<(), OpError> {
+    let mut all = vec![args.get("base")?];
+    all.extend(args.list("models")?.iter());
+    validate_merge(args, &all)
+}
+
 /// Provenance written into the result's safetensors `__metadata__`.
 pub fn provenance(
     cx: &OpCtx,

@@ -6,8 +6,8 @@
 //! tensors that only some models have.
 
 use super::{
-    open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
-    INCLUDE_PARAM, PARTIAL_PARAM,
+    open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
+    DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -48,28 +48,16 @@ impl Operator for TaskArithmetic {
     }
 
     fn validate(&self, args: &Args) -> Result<(), OpError> {
-        let mut all = vec![args.get("base")?];
-        all.extend(args.list("models")?.iter());
-        validate_merge(args, &all)
+        validate_base_and_models(args)
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         let base = args.artifact("base", Kind::Model)?;
         let models = args.artifacts("models", Kind::Model)?;
-        let alphas: Vec<f32> = match args.get("alpha")? {
-            Value::List(_) => args
-                .floats("alpha")?
-                .into_iter()
-                .map(|a| a as f32)
-                .collect(),
-            _ => vec![args.float("alpha")? as f32; models.len()],
-        };
-        if alphas.len() != models.len() {
-            return Err(OpError::new(
-                "smelt::run::length_mismatch",
-                format!("{} models but {} alpha values", models.len(), alphas.len()),
-            ));
-        }
+        let alphas: Vec<f32> = per_model(args, "alpha", models.len())?
+            .into_iter()
+            .map(|a| a as f32)
+            .collect();
         let mut all = vec![base];
         all.extend(models.iter().copied());
         let dirs = open_models(&all)?;

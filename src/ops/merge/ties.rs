@@ -19,8 +19,8 @@
 
 use super::elect::{SignRule, TiesMerge};
 use super::{
-    open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
-    INCLUDE_PARAM, PARTIAL_PARAM,
+    open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
+    DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -60,30 +60,13 @@ static SIG: Signature = Signature {
     cheap: false,
 };
 
-/// One number per model from a `Float | List<Float>` argument.
-pub fn per_model(args: &Args, name: &str, models: usize) -> Result<Vec<f64>, OpError> {
-    let vals = match args.get(name)? {
-        Value::List(_) => args.floats(name)?,
-        _ => vec![args.float(name)?; models],
-    };
-    if vals.len() != models {
-        return Err(OpError::new(
-            "smelt::run::length_mismatch",
-            format!("{models} models but {} {name} values", vals.len()),
-        ));
-    }
-    Ok(vals)
-}
-
 impl Operator for Ties {
     fn signature(&self) -> &'static Signature {
         &SIG
     }
 
     fn validate(&self, args: &Args) -> Result<(), OpError> {
-        let mut all = vec![args.get("base")?];
-        all.extend(args.list("models")?.iter());
-        validate_merge(args, &all)
+        validate_base_and_models(args)
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
