@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod dtype;
 pub mod header;
+pub mod matrix;
 pub mod merge;
 pub mod merge_plan;
 pub mod model_dir;
