@@ -2,15 +2,22 @@
 //! headers only (bytes of tensor data read, peak memory of a streamed merge).
 
 use crate::eval::{Node, Status};
+use crate::tensors::merge::CHUNK;
 use crate::tensors::model_dir::ModelDir;
+use crate::types::Type;
 use crate::value::{Kind, Value};
+
+/// Merges whose combine needs a whole tensor at once (the others stream large ones in parts).
+const WHOLE_TENSOR_MERGES: &[&str] = &["merge.slerp"];
 
 /// Cost estimate of one node from its realised model inputs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Estimate {
     pub bytes_read: u64,
     /// Peak working memory of a streamed pass: the merge engine keeps two f32 buffers (one per
-    /// thread) for each input and the output: 2 × (inputs + 1) × the largest tensor.
+    /// thread) for each input and the output: 2 × (inputs + 1) × the largest unit, where a unit
+    /// is the largest tensor, or for the merges that stream large tensors in parts at most
+    /// [`CHUNK`] elements.
     pub peak_bytes: u64,
     pub known: bool,
 }
@@ -20,8 +27,11 @@ pub fn estimate(node: &Node) -> Estimate {
     let mut unknown = false;
     fn walk(v: &Value, dirs: &mut Vec<std::path::PathBuf>, unknown: &mut bool) {
         match v {
-            Value::Artifact(a) if a.kind == Kind::Model => dirs.push(a.dir.clone()),
-            Value::Node(n) if n.ty == crate::types::Type::Model => *unknown = true,
+            // Fishers are model-shaped weight files and stream beside the models.
+            Value::Artifact(a) if matches!(a.kind, Kind::Model | Kind::Fisher) => {
+                dirs.push(a.dir.clone())
+            }
+            Value::Node(n) if matches!(n.ty, Type::Model | Type::Fisher) => *unknown = true,
             Value::List(xs) | Value::Tuple(xs) => xs.iter().for_each(|x| walk(x, dirs, unknown)),
             _ => {}
         }
@@ -46,6 +56,9 @@ pub fn estimate(node: &Node) -> Estimate {
                     .unwrap_or(0),
             );
         }
+    }
+    if node.op.starts_with("merge.") && !WHOLE_TENSOR_MERGES.contains(&node.op) {
+        largest = largest.min(CHUNK as u64);
     }
     e.peak_bytes = 2 * largest * 4 * (dirs.len() as u64 + 1);
     e

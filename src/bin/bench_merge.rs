@@ -11,7 +11,7 @@
 use smelt::bench::{main_with, reset_peak_rss, status_mb};
 use smelt::diag::OpError;
 use smelt::ops::merge::elect::{SignRule, TiesMerge};
-use smelt::tensors::merge::mean;
+use smelt::tensors::merge::{mean, merge_streaming_with, MergeOptions, Part, CHUNK};
 use smelt::tensors::{merge_streaming, Dtype, ModelDir, SafetensorsWriter, WriterOptions};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -152,7 +152,7 @@ fn run() -> Result<(), OpError> {
         let dir = scratch.0.join(format!("copy{i}"));
         let mut state =
             0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let mut noise = |_: &str, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
+        let mut noise = |_: Part, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
             Ok(v[0]
                 .iter()
                 .map(|x| {
@@ -216,9 +216,14 @@ fn run() -> Result<(), OpError> {
     }
     let rss_before = status_mb("VmRSS:");
     reset_peak_rss();
-    let mut named = |_: &str, v: &[Vec<f32>]| combine(v);
+    let mut named = |_: Part, v: &[Vec<f32>]| combine(v);
+    // As the operators do: the average is elementwise and runs in parts; TIES sees whole tensors.
+    let opts = MergeOptions {
+        chunk: (method != "ties").then_some(CHUNK),
+        ..MergeOptions::default()
+    };
     let (merge_s, stats) =
-        best_of(|| merge_streaming(&refs, &out, dtype, BTreeMap::new(), &mut named))?;
+        best_of(|| merge_streaming_with(&refs, &out, dtype, BTreeMap::new(), &opts, &mut named))?;
     let peak = status_mb("VmHWM:");
     println!(
         "{method} n={n}: {merge_s:.3} s, {:.2} GB/s input, peak RSS {peak:.0} MB; io floor {io_s:.3} s \

@@ -143,7 +143,10 @@ impl Matrix {
             if shape.iter().product::<usize>() != values.len() {
                 return Err(OpError::new(
                     CODE,
-                    format!("matrix `{}`: side array `{name}` has the wrong length", self.what),
+                    format!(
+                        "matrix `{}`: side array `{name}` has the wrong length",
+                        self.what
+                    ),
                 ));
             }
         }
@@ -203,10 +206,14 @@ impl Matrix {
     /// Reads a matrix written by [`Matrix::write`].
     pub fn read(dir: &Path) -> Result<Matrix, OpError> {
         let json_path = dir.join("matrix.json");
-        let text = std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, "read", e))?;
+        let text =
+            std::fs::read_to_string(&json_path).map_err(|e| io_err(&json_path, "read", e))?;
         let head: Value = serde_json::from_str(&text).map_err(|e| {
-            OpError::new(CODE, format!("{} is not valid JSON: {e}", json_path.display()))
-                .with_help("the matrix directory is damaged; delete it and re-run to recompute")
+            OpError::new(
+                CODE,
+                format!("{} is not valid JSON: {e}", json_path.display()),
+            )
+            .with_help("the matrix directory is damaged; delete it and re-run to recompute")
         })?;
         if head["format"] != MATRIX_FORMAT {
             return Err(OpError::new(
@@ -226,7 +233,11 @@ impl Matrix {
             if view.dtype() != StDtype::F64 {
                 return Err(OpError::new(
                     CODE,
-                    format!("{}: `{name}` is {:?}, expected F64", path.display(), view.dtype()),
+                    format!(
+                        "{}: `{name}` is {:?}, expected F64",
+                        path.display(),
+                        view.dtype()
+                    ),
                 ));
             }
             let data = bytes_f64(view.data());

@@ -22,8 +22,30 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The per-tensor callback of a merge: `(tensor name, one f32 buffer per input) → merged values`.
-pub type CombineFn<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+/// Which part of which tensor a `combine` call sees: elements `start..start + len` (flat,
+/// row-major; `len` is the length of the buffers) of tensor `name`, which has `numel`. Without
+/// chunking every call sees a whole tensor (`start` 0, `len == numel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub name: &'a str,
+    pub start: usize,
+    pub numel: usize,
+}
+
+impl Part<'_> {
+    /// A part of `len` elements is the whole tensor.
+    pub fn is_whole(&self, len: usize) -> bool {
+        self.start == 0 && len == self.numel
+    }
+}
+
+/// Elements per part when a merge is chunked ([`MergeOptions::chunk`]): 4 Mi values, 16 MB
+/// per input in f32. Small enough that the largest tensors (embeddings) stop setting the peak
+/// memory; large enough that per-part overhead is negligible.
+pub const CHUNK: usize = 1 << 22;
+
+/// The per-tensor callback of a merge: `(part, one f32 buffer per input) → merged values`.
+pub type CombineFn<'a> = dyn FnMut(Part<'_>, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
 
 /// Figures from one merge.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,12 +191,12 @@ pub fn merge_streaming_with(
         .iter()
         .filter(|s| !matches!(s, Step::Combine(_)))
         .count();
-    let opts = WriterOptions {
+    let wopts = WriterOptions {
         metadata,
         ..WriterOptions::default()
     };
-    let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, opts)?;
-    let bytes_read = stream_tensors(inputs, &steps, &mut writer, combine)?;
+    let mut writer = SafetensorsWriter::create(&tmp.path.join("model.safetensors"), &specs, wopts)?;
+    let bytes_read = stream_tensors(inputs, &steps, opts.chunk, &mut writer, combine)?;
     let mut bytes_written = writer.finish()?.bytes;
 
     if let Some(config) = first.config() {
@@ -334,7 +356,7 @@ mod tests {
         let refs: Vec<&ModelDir> = dirs.iter().collect();
         let out = d.path().join("out");
         // Order-sensitive combine: output = Σ_i i·v_i, checked against the inputs' order.
-        let mut weighted = |_: &str, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
+        let mut weighted = |_: Part, v: &[Vec<f32>]| -> Result<Vec<f32>, OpError> {
             let mut o = vec![0.0f32; v[0].len()];
             for (i, x) in v.iter().enumerate() {
                 o.iter_mut().zip(x).for_each(|(o, x)| *o += i as f32 * x);
@@ -387,6 +409,7 @@ mod tests {
         let opts = MergeOptions {
             select: Some(&select),
             partial: Partial::Error,
+            chunk: None,
         };
         for (dtype, sub) in [(Dtype::F16, "same"), (Dtype::F32, "wider")] {
             let mut seen = Vec::new();
@@ -397,8 +420,8 @@ mod tests {
                 dtype,
                 BTreeMap::new(),
                 &opts,
-                &mut |n, v| {
-                    seen.push(n.to_string());
+                &mut |n: Part, v: &[Vec<f32>]| {
+                    seen.push(n.name.to_string());
                     Ok(mean(v))
                 },
             )
@@ -463,6 +486,7 @@ mod tests {
             let opts = MergeOptions {
                 select: None,
                 partial,
+                chunk: None,
             };
             let out = d.path().join(sub);
             let mut seen = Vec::new();
@@ -472,8 +496,8 @@ mod tests {
                 Dtype::F32,
                 BTreeMap::new(),
                 &opts,
-                &mut |n, v| {
-                    seen.push(n.to_string());
+                &mut |n: Part, v: &[Vec<f32>]| {
+                    seen.push(n.name.to_string());
                     Ok(mean(v))
                 },
             )
@@ -513,6 +537,7 @@ mod tests {
         let opts = MergeOptions {
             select: Some(&select),
             partial: Partial::Error,
+            chunk: None,
         };
         let plan = plan_merge(&inputs, &opts).unwrap();
         let got: Vec<(&str, Action)> = plan.iter().map(|p| (p.name.as_str(), p.action)).collect();

@@ -56,6 +56,9 @@ pub struct MergeOptions<'a> {
     /// copied from the first input.
     pub select: Option<&'a dyn Fn(&str) -> bool>,
     pub partial: Partial,
+    /// Combine tensors larger than this many elements in parts of at most this size (for
+    /// elementwise merges; see [`super::merge::Part`]); `None`: whole tensors.
+    pub chunk: Option<usize>,
 }
 
 impl MergeOptions<'_> {

@@ -336,6 +336,28 @@ impl ModelDir {
             .map_err(|e| e.context(format!("tensor `{name}`")))
     }
 
+    /// Read elements `start..start + len` of a tensor (flat, row-major) converted to f32 into
+    /// `out`: the chunked merges decode a large tensor part by part.
+    pub fn read_f32_range_into(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), OpError> {
+        let info = self.locate(name)?.1;
+        let (dtype, numel) = (info.dtype, info.numel());
+        if start + len > numel {
+            return Err(OpError::msg(format!(
+                "internal: elements {start}..{} of `{name}`, which has {numel}",
+                start + len
+            )));
+        }
+        let size = dtype.size();
+        let raw = &self.read_raw(name)?[start * size..(start + len) * size];
+        bytes_to_f32(dtype, raw, out).map_err(|e| e.context(format!("tensor `{name}`")))
+    }
+
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>, OpError> {
         let mut out = Vec::new();
         self.read_f32_into(name, &mut out)?;
@@ -356,12 +378,23 @@ impl ModelDir {
     /// Hint that a tensor's mapped pages are no longer needed by this process, so they stop
     /// counting towards its RSS (the page cache keeps them). Failures are ignored.
     pub fn evict(&self, name: &str) {
+        if let Some(info) = self.info(name) {
+            self.evict_range(name, 0, info.numel());
+        }
+    }
+
+    /// [`ModelDir::evict`] for elements `start..start + len` only (whole pages inside them).
+    pub fn evict_range(&self, name: &str, start: usize, len: usize) {
         let Ok((shard, info)) = self.locate(name) else {
             return;
         };
         const PAGE: usize = 64 * 1024; // a multiple of every common page size
-        let start = (shard.header.data_start + info.offsets.0).div_ceil(PAGE) * PAGE;
-        let end = (shard.header.data_start + info.offsets.1) / PAGE * PAGE;
+        let size = info.dtype.size();
+        let first = shard.header.data_start + info.offsets.0;
+        let last = shard.header.data_start + info.offsets.1;
+        let lo = (first + start * size).min(last);
+        let hi = (first + (start + len) * size).min(last);
+        let (start, end) = (lo.div_ceil(PAGE) * PAGE, hi / PAGE * PAGE);
         if end > start {
             // SAFETY: the mapping is read-only and file-backed, so dropping pages only means
             // later reads fault them in again from the file.

@@ -8,20 +8,46 @@
 //! inputs plus two combined results. Tensors the merge passes through (integer buffers, tensors
 //! outside a merge's selection) are read from the first input only and never reach `combine`.
 
-use super::merge::CombineFn;
+use super::merge::{CombineFn, Part};
 use super::model_dir::ModelDir;
 use super::writer::SafetensorsWriter;
 use crate::diag::OpError;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// Decode tensor `name` of `inputs` into `bufs` (one per input) and drop the mapped pages.
-fn read_inputs(inputs: &[&ModelDir], name: &str, bufs: &mut [Vec<f32>]) -> Result<(), OpError> {
+/// Decode elements `start..start + len` of tensor `name` of `inputs` into `bufs` (one per
+/// input) and drop the mapped pages (the whole tensor's once its last part is read).
+fn read_inputs(inputs: &[&ModelDir], unit: &Unit, bufs: &mut [Vec<f32>]) -> Result<(), OpError> {
     for (input, buf) in inputs.iter().zip(bufs.iter_mut()) {
-        input.read_f32_into(name, buf)?;
-        input.evict(name);
+        input.read_f32_range_into(unit.name, unit.start, unit.len, buf)?;
+        match unit.start + unit.len == unit.numel {
+            true => input.evict(unit.name),
+            false => input.evict_range(unit.name, unit.start, unit.len),
+        }
     }
     Ok(())
+}
+
+/// One call of `combine`: a whole tensor, or one part of a large one when the merge is chunked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unit<'a> {
+    name: &'a str,
+    start: usize,
+    len: usize,
+    numel: usize,
+}
+
+/// The units of a tensor of `numel` elements: parts of at most `chunk` elements, or the whole.
+fn units(name: &str, numel: usize, chunk: Option<usize>) -> impl Iterator<Item = Unit<'_>> {
+    let step = chunk
+        .filter(|&c| c > 0 && c < numel)
+        .unwrap_or(numel.max(1));
+    (0..numel.max(1)).step_by(step).map(move |start| Unit {
+        name,
+        start,
+        len: step.min(numel - start.min(numel)),
+        numel,
+    })
 }
 
 /// How one output tensor is produced, in the writer's (sorted) order.
@@ -39,15 +65,17 @@ pub(crate) enum Step<'a> {
 enum Job<'a> {
     /// Decode `name` from the first `r` inputs into `bufs` and send them back.
     Decode {
-        name: &'a str,
+        unit: Unit<'a>,
         r: usize,
         bufs: Vec<Vec<f32>>,
     },
-    /// Encode and append a merged tensor (`bytes`: its size in one input, for the balance).
+    /// Encode and append a merged tensor or part (`bytes`: its size in one input, for the
+    /// balance); `part`: appended with `write_f32_part`.
     Write {
         name: &'a str,
         values: Vec<f32>,
         bytes: u64,
+        part: bool,
     },
     /// Append stored bytes unchanged (integer tensors).
     WriteRaw { name: &'a str, raw: &'a [u8] },
@@ -133,13 +161,16 @@ impl Balance {
 /// Produce every tensor of `steps` (in the writer's order); returns the tensor bytes read.
 ///
 /// Two cores, two threads. The scoped helper owns the writer: it decodes the first `r` inputs
-/// of tensor k+1 and then encodes and writes tensor k, while this thread decodes the other
-/// `n - r` inputs and runs `combine` (which need not be `Send`). `r` follows measured costs
-/// (see [`Balance`]). Decode buffers are recycled through a pool, so about two tensors' worth
-/// of inputs plus two combined results are alive at once.
+/// of unit k+1 and then encodes and writes unit k, while this thread decodes the other
+/// `n - r` inputs and runs `combine` (which need not be `Send`). A unit is a whole tensor, or
+/// with `chunk = Some(c)` a part of at most `c` elements of a larger one, so memory is bounded
+/// by the chunk instead of the largest tensor. `r` follows measured costs (see [`Balance`]).
+/// Decode buffers are recycled through a pool, so about two units' worth of inputs plus two
+/// combined results are alive at once.
 pub(crate) fn stream_tensors<'s>(
     inputs: &[&'s ModelDir],
     steps: &[Step<'s>],
+    chunk: Option<usize>,
     writer: &mut SafetensorsWriter,
     combine: &mut CombineFn<'_>,
 ) -> Result<u64, OpError> {
@@ -155,13 +186,13 @@ pub(crate) fn stream_tensors<'s>(
             )
         })
     };
-    let floats: Vec<(&str, usize)> = steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Combine(name) => Some(info(name).map(|t| (*name, t.numel()))),
-            _ => None,
-        })
-        .collect::<Result<_, _>>()?;
+    let mut plan: Vec<Unit<'s>> = Vec::new();
+    for s in steps {
+        if let Step::Combine(name) = s {
+            plan.extend(units(name, info(name)?.numel(), chunk));
+        }
+    }
+    let item_bytes = |m: &ModelDir, name: &str| m.info(name).map_or(0, |t| t.dtype.size() as u64);
     let mut bytes_read = 0u64;
     std::thread::scope(|scope| -> Result<u64, OpError> {
         let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
@@ -171,18 +202,21 @@ pub(crate) fn stream_tensors<'s>(
         let mut balance = Balance::default();
         let mut next = 0usize;
         let write_tx = job_tx.clone();
+        let plan = &plan;
+        // `move`: dropping the closure must drop `job_tx`, which lets the helper finish.
         let mut send_decode = move |pool: &mut Vec<Vec<f32>>, r: usize| -> usize {
-            if let Some(&(name, numel)) = floats.get(next) {
+            if let Some(&unit) = plan.get(next) {
                 let _ = job_tx.send(Job::Decode {
-                    name,
+                    unit,
                     r,
-                    bufs: take(pool, r, numel),
+                    bufs: take(pool, r, unit.len),
                 });
                 next += 1;
             }
             r
         };
         let mut r = send_decode(&mut pool, n);
+        let mut k = 0usize;
         for &step in steps {
             let name = match step {
                 Step::CopyRaw(name) => {
@@ -202,55 +236,65 @@ pub(crate) fn stream_tensors<'s>(
                         name,
                         values,
                         bytes,
+                        part: false,
                     });
                     continue;
                 }
                 Step::Combine(name) => name,
             };
-            let info = info(name)?;
-            let bytes = info.byte_len() as u64;
-            let start = Instant::now();
-            let mut own = take(&mut pool, n - r, info.numel());
-            read_inputs(&inputs[r..], name, &mut own)?;
-            balance.decode += start.elapsed();
-            balance.decoded_bytes += bytes * (n - r) as u64;
-            let done = recv_spinning(&done_rx)
-                .ok_or_else(|| OpError::msg("merge: the helper thread stopped early"))?;
-            done.result?;
-            balance.decode += done.decode;
-            balance.decoded_bytes += bytes * r as u64;
-            balance.write += done.write;
-            balance.written_bytes += done.written_bytes;
-            let next_r = send_decode(&mut pool, balance.helper_share(n));
-            let mut bufs = done.bufs;
-            bufs.append(&mut own);
-            bytes_read += inputs
-                .iter()
-                .map(|m| m.info(name).map_or(0, |t| t.byte_len() as u64))
-                .sum::<u64>();
-            let start = Instant::now();
-            let values = combine(name, &bufs)
-                .map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
-            balance.combine += start.elapsed();
-            balance.combined_bytes += bytes;
-            if values.len() != info.numel() {
-                return Err(OpError::new(
-                    "smelt::run::shape_mismatch",
-                    format!(
-                        "merging tensor `{name}` produced {} values, but its shape {:?} has {}",
-                        values.len(),
-                        info.shape,
-                        info.numel()
-                    ),
-                ));
+            while let Some(&unit) = plan.get(k).filter(|u| u.name == name) {
+                k += 1;
+                let bytes = unit.len as u64 * item_bytes(first, name);
+                let start = Instant::now();
+                let mut own = take(&mut pool, n - r, unit.len);
+                read_inputs(&inputs[r..], &unit, &mut own)?;
+                balance.decode += start.elapsed();
+                balance.decoded_bytes += bytes * (n - r) as u64;
+                let done = recv_spinning(&done_rx)
+                    .ok_or_else(|| OpError::msg("merge: the helper thread stopped early"))?;
+                done.result?;
+                balance.decode += done.decode;
+                balance.decoded_bytes += bytes * r as u64;
+                balance.write += done.write;
+                balance.written_bytes += done.written_bytes;
+                let next_r = send_decode(&mut pool, balance.helper_share(n));
+                let mut bufs = done.bufs;
+                bufs.append(&mut own);
+                bytes_read += inputs
+                    .iter()
+                    .map(|m| unit.len as u64 * item_bytes(m, name))
+                    .sum::<u64>();
+                let part = Part {
+                    name,
+                    start: unit.start,
+                    numel: unit.numel,
+                };
+                let start = Instant::now();
+                let values = combine(part, &bufs)
+                    .map_err(|e| e.context(format!("while merging tensor `{name}`")))?;
+                balance.combine += start.elapsed();
+                balance.combined_bytes += bytes;
+                if values.len() != unit.len {
+                    return Err(OpError::new(
+                        "smelt::run::shape_mismatch",
+                        format!(
+                            "merging tensor `{name}` produced {} values for elements {}..{} of its {}",
+                            values.len(),
+                            unit.start,
+                            unit.start + unit.len,
+                            unit.numel
+                        ),
+                    ));
+                }
+                let _ = write_tx.send(Job::Write {
+                    name,
+                    values,
+                    bytes,
+                    part: true,
+                });
+                pool.append(&mut bufs);
+                r = next_r;
             }
-            let _ = write_tx.send(Job::Write {
-                name,
-                values,
-                bytes,
-            });
-            pool.append(&mut bufs);
-            r = next_r;
         }
         // Closing the job channel lets the helper finish its queue and return.
         drop(write_tx);
@@ -275,8 +319,8 @@ fn helper_loop(
     while let Some(job) = recv_spinning(&jobs) {
         let start = Instant::now();
         match job {
-            Job::Decode { name, r, mut bufs } => {
-                let mut result = read_inputs(&inputs[..r], name, &mut bufs);
+            Job::Decode { unit, r, mut bufs } => {
+                let mut result = read_inputs(&inputs[..r], &unit, &mut bufs);
                 if let Some(e) = write_err.take() {
                     result = Err(e);
                 }
@@ -297,9 +341,13 @@ fn helper_loop(
                 name,
                 values,
                 bytes,
+                part,
             } => {
                 if write_err.is_none() {
-                    write_err = writer.write_f32(name, &values).err();
+                    write_err = match part {
+                        true => writer.write_f32_part(name, &values).err(),
+                        false => writer.write_f32(name, &values).err(),
+                    };
                 }
                 drop(values);
                 write += start.elapsed();
@@ -379,8 +427,8 @@ mod tests {
         let refs: Vec<&ModelDir> = ms.iter().collect();
         let mut w = sink(d.path(), &ms[0]);
         let mut seen = Vec::new();
-        let read = stream_tensors(&refs, &all(&ms[0]), &mut w, &mut |name, v| {
-            seen.push(name.to_string());
+        let read = stream_tensors(&refs, &all(&ms[0]), None, &mut w, &mut |part, v| {
+            seen.push(part.name.to_string());
             assert_eq!(
                 v.iter().map(|x| x[0]).collect::<Vec<_>>(),
                 vec![0.0, 10.0, 20.0, 30.0]
@@ -391,6 +439,36 @@ mod tests {
         assert_eq!(seen, vec!["a", "c"]);
         assert_eq!(read, 4 * (12 + 8));
         w.finish().unwrap();
+    }
+
+    #[test]
+    fn chunked_streams_see_ordered_parts_and_write_the_same_tensors() {
+        let d = tempfile::tempdir().unwrap();
+        let ms: Vec<ModelDir> = (0..3)
+            .map(|i| model(&d.path().join(format!("{i}.st")), i as f32 * 10.0, false))
+            .collect();
+        let refs: Vec<&ModelDir> = ms.iter().collect();
+        let mut w = sink(d.path(), &ms[0]);
+        let mut seen = Vec::new();
+        stream_tensors(&refs, &all(&ms[0]), Some(2), &mut w, &mut |part, v| {
+            seen.push((part.name.to_string(), part.start, v[0].len(), part.numel));
+            Ok(v.iter().fold(vec![0.0; v[0].len()], |acc, x| {
+                acc.iter().zip(x).map(|(a, b)| a + b).collect()
+            }))
+        })
+        .unwrap();
+        w.finish().unwrap();
+        let want = [("a", 0, 2, 3), ("a", 2, 1, 3), ("c", 0, 2, 2)];
+        let want: Vec<_> = want
+            .iter()
+            .map(|&(n, s, l, t)| (n.to_string(), s, l, t))
+            .collect();
+        assert_eq!(seen, want);
+        let out = ModelDir::open(d.path().join("out.safetensors")).unwrap();
+        let whole: Vec<f32> = (0..3)
+            .map(|j| refs.iter().map(|m| m.read_f32("a").unwrap()[j]).sum())
+            .collect();
+        assert_eq!(out.read_f32("a").unwrap(), whole);
     }
 
     #[test]
@@ -431,7 +509,8 @@ mod tests {
         let specs = vec![("a".to_string(), Dtype::F32, vec![3])];
         let out = d.path().join("out.safetensors");
         let mut w = SafetensorsWriter::create(&out, &specs, WriterOptions::default()).unwrap();
-        let e = stream_tensors(&[&m], &all(&m), &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
+        let e = stream_tensors(&[&m], &all(&m), None, &mut w, &mut |_, v| Ok(v[0].clone()))
+            .unwrap_err();
         assert!(e.message.contains("`c`"), "{}", e.message);
     }
 
@@ -443,8 +522,10 @@ mod tests {
             .collect();
         let refs: Vec<&ModelDir> = ms.iter().collect();
         let mut w = sink(d.path(), &ms[0]);
-        let e =
-            stream_tensors(&refs, &all(&ms[0]), &mut w, &mut |_, v| Ok(v[0].clone())).unwrap_err();
+        let e = stream_tensors(&refs, &all(&ms[0]), None, &mut w, &mut |_, v| {
+            Ok(v[0].clone())
+        })
+        .unwrap_err();
         assert_eq!(e.code, "smelt::io::unsupported_dtype");
         assert!(e.message.contains("`b`"), "{}", e.message);
     }

@@ -63,6 +63,8 @@ pub struct SafetensorsWriter {
     shards: Vec<ShardPlan>,
     index_path: Option<PathBuf>,
     next: usize,
+    /// Values of tensor `next` already written by [`SafetensorsWriter::write_f32_part`].
+    partial: usize,
     cur: Option<(usize, BufWriter<File>)>,
     buf: Vec<u8>,
     finished: bool,
@@ -193,6 +195,7 @@ impl SafetensorsWriter {
             shards,
             index_path,
             next: 0,
+            partial: 0,
             cur: None,
             buf: Vec::new(),
             finished: false,
@@ -255,6 +258,7 @@ impl SafetensorsWriter {
     /// Append a tensor given as f32 values, converted to its declared (float) dtype.
     pub fn write_f32(&mut self, name: &str, data: &[f32]) -> Result<(), OpError> {
         let i = self.expect(name)?;
+        self.no_partial(name)?;
         let (_, dtype, shape) = &self.specs[i];
         let numel = self.sizes[i] / dtype.size();
         if data.len() != numel {
@@ -273,9 +277,39 @@ impl SafetensorsWriter {
         res.map_err(|e| e.context(format!("tensor `{name}`")))
     }
 
+    /// Append the next `data.len()` values of a tensor written in parts (in order, starting
+    /// with its first value); the tensor is complete once all its values have arrived.
+    pub fn write_f32_part(&mut self, name: &str, data: &[f32]) -> Result<(), OpError> {
+        let i = self.expect(name)?;
+        let (_, dtype, shape) = &self.specs[i];
+        let numel = self.sizes[i] / dtype.size();
+        if self.partial + data.len() > numel {
+            return Err(OpError::new(
+                "smelt::run::shape_mismatch",
+                format!(
+                    "tensor `{name}`: {} values written in parts but its declared shape {shape:?} has {numel}",
+                    self.partial + data.len()
+                ),
+            ));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let res = f32_to_bytes(*dtype, data, &mut buf).and_then(|_| self.append(i, &buf));
+        self.buf = buf;
+        res.map_err(|e| e.context(format!("tensor `{name}`")))?;
+        self.partial += data.len();
+        if self.partial < numel {
+            self.next = i; // `append` moved on; the tensor is not finished yet
+        } else {
+            self.partial = 0;
+        }
+        Ok(())
+    }
+
     /// Append a tensor's stored bytes exactly (little-endian, declared dtype).
     pub fn write_raw(&mut self, name: &str, bytes: &[u8]) -> Result<(), OpError> {
         let i = self.expect(name)?;
+        self.no_partial(name)?;
         if bytes.len() != self.sizes[i] {
             return Err(OpError::new(
                 "smelt::run::shape_mismatch",
@@ -287,6 +321,15 @@ impl SafetensorsWriter {
             ));
         }
         self.append(i, bytes)
+    }
+
+    fn no_partial(&self, name: &str) -> Result<(), OpError> {
+        match self.partial {
+            0 => Ok(()),
+            k => Err(spec_err(format!(
+                "tensor `{name}`: {k} values were already written in parts; finish it with write_f32_part"
+            ))),
+        }
     }
 
     fn append(&mut self, i: usize, bytes: &[u8]) -> Result<(), OpError> {
@@ -387,6 +430,40 @@ mod tests {
         assert_eq!(h.metadata["format"], "pt");
         assert_eq!(h.file_len, out.bytes);
         assert_eq!(h.tensors["b"].offsets, (16, 22));
+    }
+
+    #[test]
+    fn tensors_written_in_parts_equal_whole_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, q) = (
+            dir.path().join("p.safetensors"),
+            dir.path().join("q.safetensors"),
+        );
+        let mut w = SafetensorsWriter::create(&p, &specs(), WriterOptions::default()).unwrap();
+        w.write_f32_part("a", &[1.0]).unwrap();
+        assert_eq!(w.next_name(), Some("a"));
+        assert!(
+            w.write_f32("a", &[0.0; 4]).is_err(),
+            "a part-written tensor stays in parts"
+        );
+        w.write_f32_part("a", &[2.0, 3.0]).unwrap();
+        assert_eq!(
+            w.write_f32_part("a", &[4.0, 5.0]).unwrap_err().code,
+            "smelt::run::shape_mismatch"
+        );
+        w.write_f32_part("a", &[4.0]).unwrap();
+        w.write_f32_part("b", &[0.5, 1.5, 2.5]).unwrap();
+        w.finish().unwrap();
+        let mut w = SafetensorsWriter::create(&q, &specs(), WriterOptions::default()).unwrap();
+        w.write_f32("a", &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        w.write_f32("b", &[0.5, 1.5, 2.5]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
+        // Unfinished parts are an unfinished tensor.
+        let mut w = SafetensorsWriter::create(&p, &specs(), WriterOptions::default()).unwrap();
+        w.write_f32("a", &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        w.write_f32_part("b", &[0.5]).unwrap();
+        assert!(w.finish().unwrap_err().message.contains("`b`"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::adapter_params::{
     MODE_PARAM, RANK_PARAM,
 };
 use super::adapter_set::{inputs, Inputs};
+use super::Granularity;
 use super::{
     open_models, out_dtype, provenance, stream_merge, DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM,
 };
@@ -77,15 +78,23 @@ impl Operator for Average {
             &models,
             params.trim_start_matches(", "),
         );
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
-            let mut out = xs[0].clone();
-            for x in &xs[1..] {
-                out.iter_mut().zip(x).for_each(|(o, v)| *o += v);
-            }
-            if xs.len() > 1 {
-                out.iter_mut().for_each(|o| *o /= n);
-            }
-            Ok(out)
-        })
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |_, xs| {
+                let mut out = xs[0].clone();
+                for x in &xs[1..] {
+                    out.iter_mut().zip(x).for_each(|(o, v)| *o += v);
+                }
+                if xs.len() > 1 {
+                    out.iter_mut().for_each(|o| *o /= n);
+                }
+                Ok(out)
+            },
+        )
     }
 }

@@ -18,6 +18,7 @@
 //! is 1 − p.
 
 use super::elect::{apply, elect_block, SignRule, BLOCK};
+use super::Granularity;
 use super::{
     open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
     DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
@@ -139,47 +140,68 @@ impl Operator for Dare {
         let mut vals = vec![0f32; m * BLOCK];
         let mut draws = vec![0u32; BLOCK];
         let mut delta = vec![0f32; BLOCK];
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |name, xs| {
-            let (b, tuned) = xs.split_first().expect("base is present");
-            let n = b.len();
-            let mut rngs: Vec<ChaCha8Rng> = (0..m).map(|i| mask_rng(seed, name, i)).collect();
-            let mut out = Vec::with_capacity(n);
-            for lo in (0..n).step_by(BLOCK) {
-                let len = BLOCK.min(n - lo);
-                let bb = &b[lo..lo + len];
-                for ((x, rng), row) in tuned.iter().zip(&mut rngs).zip(vals.chunks_exact_mut(len)) {
-                    rng.fill(&mut draws[..len]);
-                    for (((v, &xv), &bv), &u) in row.iter_mut().zip(&x[lo..]).zip(bb).zip(&draws) {
-                        *v = if (u as u64) < keep_below {
-                            (xv - bv) * scale
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                let vals = &vals[..m * len];
-                match ties {
-                    Some(rule) => {
-                        elect_block(vals, m, len, rule, &mut delta);
-                        out.extend(
-                            bb.iter()
-                                .zip(&delta)
-                                .map(|(&bv, &d)| apply(bv, alphas[0], d)),
-                        );
-                    }
-                    None => {
-                        delta[..len].fill(0.0);
-                        for (row, &a) in vals.chunks_exact(len).zip(&alphas) {
-                            for (d, &v) in delta.iter_mut().zip(row) {
-                                *d += a * v;
-                            }
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |part, xs| {
+                let name = part.name;
+                let (b, tuned) = xs.split_first().expect("base is present");
+                let n = b.len();
+                // One u32 draw per element: a part starting at element `start` continues the
+                // tensor's streams at word `start`, so chunking never changes a mask.
+                let mut rngs: Vec<ChaCha8Rng> = (0..m)
+                    .map(|i| {
+                        let mut rng = mask_rng(seed, name, i);
+                        rng.set_word_pos(part.start as u128);
+                        rng
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(n);
+                for lo in (0..n).step_by(BLOCK) {
+                    let len = BLOCK.min(n - lo);
+                    let bb = &b[lo..lo + len];
+                    for ((x, rng), row) in
+                        tuned.iter().zip(&mut rngs).zip(vals.chunks_exact_mut(len))
+                    {
+                        rng.fill(&mut draws[..len]);
+                        for (((v, &xv), &bv), &u) in
+                            row.iter_mut().zip(&x[lo..]).zip(bb).zip(&draws)
+                        {
+                            *v = if (u as u64) < keep_below {
+                                (xv - bv) * scale
+                            } else {
+                                0.0
+                            };
                         }
-                        out.extend(bb.iter().zip(&delta).map(|(&bv, &d)| apply(bv, 1.0, d)));
+                    }
+                    let vals = &vals[..m * len];
+                    match ties {
+                        Some(rule) => {
+                            elect_block(vals, m, len, rule, &mut delta);
+                            out.extend(
+                                bb.iter()
+                                    .zip(&delta)
+                                    .map(|(&bv, &d)| apply(bv, alphas[0], d)),
+                            );
+                        }
+                        None => {
+                            delta[..len].fill(0.0);
+                            for (row, &a) in vals.chunks_exact(len).zip(&alphas) {
+                                for (d, &v) in delta.iter_mut().zip(row) {
+                                    *d += a * v;
+                                }
+                            }
+                            out.extend(bb.iter().zip(&delta).map(|(&bv, &d)| apply(bv, 1.0, d)));
+                        }
                     }
                 }
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
     }
 }
 
@@ -329,6 +351,22 @@ mod tests {
                 (mean - 1.0).abs() < 5.0 * sd / (1.0 - p),
                 "p={p}: E[θ] {mean} vs 1"
             );
+        }
+    }
+
+    #[test]
+    fn parts_of_any_size_draw_the_same_masks() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, models) = ones(t.path(), 5000, 2);
+        for combine in ["linear", "ties"] {
+            let a = args(&base, &models, 0.5, Value::Float(1.0), combine);
+            let whole = w(&run(&a, &t.path().join(format!("whole-{combine}")), 3));
+            for chunk in [1, 7, 4096] {
+                super::super::TEST_CHUNK.with(|c| c.set(Some(chunk)));
+                let parts = w(&run(&a, &t.path().join(format!("{chunk}-{combine}")), 3));
+                super::super::TEST_CHUNK.with(|c| c.set(None));
+                assert_eq!(whole, parts, "combine={combine}, parts of {chunk}");
+            }
         }
     }
 

@@ -120,7 +120,8 @@ impl Work {
         }
     }
 
-    /// Trim, elect and apply over coordinates `start..start + out.len()`.
+    /// Trim, elect and apply over buffer coordinates `start..start + out.len()`, which are
+    /// tensor coordinates `offset + start..` (the trims count in tensor coordinates).
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &mut self,
@@ -128,6 +129,7 @@ impl Work {
         tuned: &[Vec<f32>],
         trims: &[Trim],
         start: usize,
+        offset: usize,
         out: &mut [f32],
         rule: SignRule,
         alpha: f32,
@@ -139,7 +141,7 @@ impl Work {
             let rows = self.vals.chunks_exact_mut(len);
             for ((x, trim), row) in tuned.iter().zip(trims).zip(rows) {
                 // Entries tied with the threshold are kept before index `until` only.
-                let ties = trim.until.saturating_sub(lo).min(len);
+                let ties = trim.until.saturating_sub(offset + lo).min(len);
                 let above = trim.t.saturating_add(1);
                 trim_into(&mut row[..ties], &x[lo..lo + ties], &bb[..ties], trim.t);
                 trim_into(
@@ -203,22 +205,40 @@ impl TiesMerge {
         } else {
             find_trims(b, tuned, &ks, s0)?
         };
+        debug_assert_eq!(m, trims.len());
+        self.combine_part(xs, &trims, 0)
+    }
+
+    /// The keep counts of a tensor of `numel` elements, one per model.
+    pub fn keep_counts(&self, numel: usize) -> Vec<usize> {
+        self.density.iter().map(|&d| keep_count(d, numel)).collect()
+    }
+
+    /// Elect and apply on one part of a tensor (`xs[0]` the base, `xs[1..]` the models) whose
+    /// first element is element `offset` of the tensor, with the whole tensor's `trims`.
+    pub fn combine_part(
+        &mut self,
+        xs: &[Vec<f32>],
+        trims: &[Trim],
+        offset: usize,
+    ) -> Result<Vec<f32>, OpError> {
+        let (b, tuned) = xs.split_first().expect("base is present");
+        let n = b.len();
         let (rule, alpha) = (self.rule, self.alpha);
         let mut out = vec![0f32; n];
         let [w0, w1] = &mut self.work;
-        if par {
+        if n >= PARALLEL_MIN {
             let mid = (n / 2).div_ceil(BLOCK) * BLOCK;
             let (o0, o1) = out.split_at_mut(mid);
             let done = std::thread::scope(|sc| {
-                let other = sc.spawn(|| w1.pass(b, tuned, &trims, mid, o1, rule, alpha));
-                w0.pass(b, tuned, &trims, 0, o0, rule, alpha);
+                let other = sc.spawn(|| w1.pass(b, tuned, trims, mid, offset, o1, rule, alpha));
+                w0.pass(b, tuned, trims, 0, offset, o0, rule, alpha);
                 other.join()
             });
             done.map_err(|_| OpError::msg("merge ties: a worker thread panicked"))?;
         } else {
-            w0.pass(b, tuned, &trims, 0, &mut out, rule, alpha);
+            w0.pass(b, tuned, trims, 0, offset, &mut out, rule, alpha);
         }
-        debug_assert_eq!(m, trims.len());
         Ok(out)
     }
 }

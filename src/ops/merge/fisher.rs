@@ -10,6 +10,7 @@
 //! finite and ≥ 0; weights ≥ 0 with a positive sum. Also home of the helpers the Fisher-based
 //! merges share (header validation over models and Fishers, value checks).
 
+use super::Granularity;
 use super::{out_dtype, provenance, stream_to_model, DTYPE_PARAM};
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -157,23 +158,31 @@ impl Operator for FisherMerge {
             &all,
             &format!("weights={weights:?},delta0={delta:e}"),
         );
-        stream_to_model(cx, &dirs, dtype, meta, &mut |name, xs| {
-            let (thetas, fs) = xs.split_at(t);
-            let mut out = Vec::with_capacity(thetas[0].len());
-            for j in 0..thetas[0].len() {
-                let (mut num, mut den, mut avg) = (0f64, 0f64, 0f64);
-                for k in 0..t {
-                    let f = fisher_value(fs[k][j], name, &format!("Fisher {k}"))?;
-                    let (w, theta) = (weights[k], thetas[k][j] as f64);
-                    num += w * f * theta;
-                    den += w * f;
-                    avg += w * theta;
+        stream_to_model(
+            cx,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |part, xs| {
+                let name = part.name;
+                let (thetas, fs) = xs.split_at(t);
+                let mut out = Vec::with_capacity(thetas[0].len());
+                for j in 0..thetas[0].len() {
+                    let (mut num, mut den, mut avg) = (0f64, 0f64, 0f64);
+                    for k in 0..t {
+                        let f = fisher_value(fs[k][j], name, &format!("Fisher {k}"))?;
+                        let (w, theta) = (weights[k], thetas[k][j] as f64);
+                        num += w * f * theta;
+                        den += w * f;
+                        avg += w * theta;
+                    }
+                    den += delta;
+                    out.push(if den > 0.0 { num / den } else { avg / total } as f32);
                 }
-                den += delta;
-                out.push(if den > 0.0 { num / den } else { avg / total } as f32);
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
     }
 }
 

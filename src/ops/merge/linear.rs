@@ -9,6 +9,7 @@ use super::adapter_params::{
     MODE_PARAM, RANK_PARAM,
 };
 use super::adapter_set::{inputs, Inputs};
+use super::Granularity;
 use super::{
     open_models, out_dtype, provenance, stream_merge, weighted_sum, DTYPE_PARAM, EXCLUDE_PARAM,
     INCLUDE_PARAM,
@@ -99,9 +100,15 @@ impl Operator for Linear {
             &models,
             &format!("weights={weights:?}{}", filter_provenance(args)),
         );
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
-            Ok(weighted_sum(xs, &w32))
-        })
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |_, xs| Ok(weighted_sum(xs, &w32)),
+        )
     }
 }
 

@@ -31,6 +31,7 @@ pub mod softmax;
 pub mod task_arithmetic;
 pub mod ties;
 pub mod trim;
+pub mod trim_streamed;
 pub mod uncertainty;
 
 pub use filter::{
@@ -40,7 +41,7 @@ pub use filter::{
 use crate::diag::OpError;
 use crate::ops::{Args, Const, OpCtx, Param};
 use crate::tensors::header::Dtype;
-use crate::tensors::merge::{merge_streaming_with, plan_merge, MergeOptions, Partial};
+use crate::tensors::merge::{merge_streaming_with, plan_merge, MergeOptions, Part, Partial, CHUNK};
 use crate::tensors::model_dir::ModelDir;
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
@@ -133,6 +134,7 @@ pub fn validate_merge(args: &Args, values: &[&Value]) -> Result<(), OpError> {
     let opts = MergeOptions {
         select: Some(&select),
         partial: partial_policy(args)?,
+        chunk: None,
     };
     plan_merge(&refs, &opts).map(|_| ())
 }
@@ -184,8 +186,37 @@ pub fn provenance(
     m
 }
 
-/// Combines one tensor's values from every input into the merged values.
-pub type Combine<'a> = dyn FnMut(&str, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+/// Combines one tensor's (or part's) values from every input into the merged values.
+pub type Combine<'a> = dyn FnMut(Part<'_>, &[Vec<f32>]) -> Result<Vec<f32>, OpError> + 'a;
+
+/// Whether a merge's `combine` sees whole tensors or, because it is elementwise (each output
+/// element depends only on the same element of the inputs), parts of at most
+/// [`crate::tensors::merge::CHUNK`] elements — which bounds memory by the chunk instead of
+/// the largest tensor (an embedding matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Whole,
+    Elementwise,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests shrink the parts to a few elements to check that chunking never changes a result.
+    pub(crate) static TEST_CHUNK: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+impl Granularity {
+    fn chunk(self) -> Option<usize> {
+        #[cfg(test)]
+        if let (Granularity::Elementwise, Some(c)) = (self, TEST_CHUNK.with(|c| c.get())) {
+            return Some(c);
+        }
+        match self {
+            Granularity::Whole => None,
+            Granularity::Elementwise => Some(CHUNK),
+        }
+    }
+}
 
 /// Run a streaming merge of `inputs` into the node's output directory and describe the result.
 /// Every tensor is combined; the inputs must have identical tensor sets.
@@ -194,6 +225,7 @@ pub fn stream_to_model(
     inputs: &[ModelDir],
     dtype: Dtype,
     metadata: BTreeMap<String, String>,
+    granularity: Granularity,
     combine: &mut Combine,
 ) -> Result<Value, OpError> {
     stream_to_model_with(
@@ -203,6 +235,7 @@ pub fn stream_to_model(
         metadata,
         &NameFilter::all(),
         Partial::Error,
+        granularity,
         combine,
     )
 }
@@ -216,15 +249,26 @@ pub fn stream_merge(
     inputs: &[ModelDir],
     dtype: Dtype,
     metadata: BTreeMap<String, String>,
+    granularity: Granularity,
     combine: &mut Combine,
 ) -> Result<Value, OpError> {
     let refs: Vec<&ModelDir> = inputs.iter().collect();
     let filter = name_filter(args, &tensor_names(&refs))?;
     let partial = partial_policy(args)?;
-    stream_to_model_with(cx, inputs, dtype, metadata, &filter, partial, combine)
+    stream_to_model_with(
+        cx,
+        inputs,
+        dtype,
+        metadata,
+        &filter,
+        partial,
+        granularity,
+        combine,
+    )
 }
 
 /// [`stream_to_model`] with an explicit filter and partial-tensor policy.
+#[allow(clippy::too_many_arguments)]
 pub fn stream_to_model_with(
     cx: &OpCtx,
     inputs: &[ModelDir],
@@ -232,6 +276,7 @@ pub fn stream_to_model_with(
     metadata: BTreeMap<String, String>,
     filter: &NameFilter,
     partial: Partial,
+    granularity: Granularity,
     combine: &mut Combine,
 ) -> Result<Value, OpError> {
     let out = cx.out_dir.join("model");
@@ -240,6 +285,7 @@ pub fn stream_to_model_with(
     let opts = MergeOptions {
         select: (!filter.is_all()).then_some(&select as &dyn Fn(&str) -> bool),
         partial,
+        chunk: granularity.chunk(),
     };
     let stats = merge_streaming_with(&refs, &out, dtype, metadata, &opts, combine)?;
     let dir = ModelDir::open(&out)?;

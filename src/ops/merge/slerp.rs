@@ -12,6 +12,7 @@
 //! Tensors outside `include`/`exclude` are copied from the reference (`base` when given,
 //! otherwise `a`).
 
+use super::Granularity;
 use super::{
     open_models, out_dtype, provenance, stream_merge, validate_merge, DTYPE_PARAM, EXCLUDE_PARAM,
     INCLUDE_PARAM, PARTIAL_PARAM,
@@ -116,41 +117,49 @@ impl Operator for Slerp {
         );
         let meta = provenance(cx, SIG.id, SIG.version, &all, &params);
         let with_base = base.is_some();
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
-            let (zero, x) = if with_base {
-                (Some(&xs[0]), &xs[1..])
-            } else {
-                (None, xs)
-            };
-            let (xa, xb) = (&x[0], &x[1]);
-            if t == 0.0 {
-                return Ok(xa.clone());
-            }
-            if t == 1.0 {
-                return Ok(xb.clone());
-            }
-            Ok(match zero {
-                None => {
-                    let (s0, s1) = coefficients(t, xa.iter().copied().zip(xb.iter().copied()));
-                    let (s0, s1) = (s0 as f32, s1 as f32);
-                    xa.iter().zip(xb).map(|(&u, &v)| s0 * u + s1 * v).collect()
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Whole,
+            &mut |_, xs| {
+                let (zero, x) = if with_base {
+                    (Some(&xs[0]), &xs[1..])
+                } else {
+                    (None, xs)
+                };
+                let (xa, xb) = (&x[0], &x[1]);
+                if t == 0.0 {
+                    return Ok(xa.clone());
                 }
-                Some(z) => {
-                    let tv = xa
-                        .iter()
-                        .zip(xb)
-                        .zip(z.iter())
-                        .map(|((&a, &b), &z)| (a - z, b - z));
-                    let (s0, s1) = coefficients(t, tv);
-                    let (s0, s1) = (s0 as f32, s1 as f32);
-                    xa.iter()
-                        .zip(xb)
-                        .zip(z.iter())
-                        .map(|((&a, &b), &z)| z + (s0 * (a - z) + s1 * (b - z)))
-                        .collect()
+                if t == 1.0 {
+                    return Ok(xb.clone());
                 }
-            })
-        })
+                Ok(match zero {
+                    None => {
+                        let (s0, s1) = coefficients(t, xa.iter().copied().zip(xb.iter().copied()));
+                        let (s0, s1) = (s0 as f32, s1 as f32);
+                        xa.iter().zip(xb).map(|(&u, &v)| s0 * u + s1 * v).collect()
+                    }
+                    Some(z) => {
+                        let tv = xa
+                            .iter()
+                            .zip(xb)
+                            .zip(z.iter())
+                            .map(|((&a, &b), &z)| (a - z, b - z));
+                        let (s0, s1) = coefficients(t, tv);
+                        let (s0, s1) = (s0 as f32, s1 as f32);
+                        xa.iter()
+                            .zip(xb)
+                            .zip(z.iter())
+                            .map(|((&a, &b), &z)| z + (s0 * (a - z) + s1 * (b - z)))
+                            .collect()
+                    }
+                })
+            },
+        )
     }
 }
 

@@ -15,6 +15,7 @@ use super::adapter_params::{
     MODE_PARAM, RANK_PARAM,
 };
 use super::adapter_set::{inputs, Inputs};
+use super::Granularity;
 use super::{
     open_models, out_dtype, provenance, stream_merge, weighted_sum, DTYPE_PARAM, EXCLUDE_PARAM,
     INCLUDE_PARAM,
@@ -136,9 +137,15 @@ impl Operator for Softmax {
             &models,
             &format!("weights={weights:?}, {record}{}", filter_provenance(args)),
         );
-        let v = stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
-            Ok(weighted_sum(xs, &w32))
-        })?;
+        let v = stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |_, xs| Ok(weighted_sum(xs, &w32)),
+        )?;
         let Value::Artifact(a) = v else {
             return Ok(v);
         };

@@ -5,6 +5,7 @@
 //! Tensors outside `include`/`exclude` are copied from the base; `partial` decides about
 //! tensors that only some models have.
 
+use super::Granularity;
 use super::{
     open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
     DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
@@ -64,20 +65,28 @@ impl Operator for TaskArithmetic {
         let dtype = out_dtype(args, &dirs[0])?;
         let params = format!("alpha={alphas:?}, {}", super::filter::describe(args)?);
         let meta = provenance(cx, SIG.id, SIG.version, &all, &params);
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| {
-            let (base, tuned) = xs.split_first().expect("base is present");
-            let mut delta = vec![0f32; base.len()];
-            for (x, &a) in tuned.iter().zip(&alphas) {
-                for ((d, v), b) in delta.iter_mut().zip(x).zip(base) {
-                    *d += a * (v - b);
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |_, xs| {
+                let (base, tuned) = xs.split_first().expect("base is present");
+                let mut delta = vec![0f32; base.len()];
+                for (x, &a) in tuned.iter().zip(&alphas) {
+                    for ((d, v), b) in delta.iter_mut().zip(x).zip(base) {
+                        *d += a * (v - b);
+                    }
                 }
-            }
-            // A zero update keeps the base value bit for bit (also its sign of zero).
-            Ok(base
-                .iter()
-                .zip(&delta)
-                .map(|(&b, &d)| if d == 0.0 { b } else { b + d })
-                .collect())
-        })
+                // A zero update keeps the base value bit for bit (also its sign of zero).
+                Ok(base
+                    .iter()
+                    .zip(&delta)
+                    .map(|(&b, &d)| if d == 0.0 { b } else { b + d })
+                    .collect())
+            },
+        )
     }
 }

@@ -18,12 +18,15 @@
 //! ([`super::elect`]) are shared with `merge dare(combine=ties)`.
 
 use super::elect::{SignRule, TiesMerge};
+use super::trim_streamed::find_trims_streamed;
+use super::Granularity;
 use super::{
     open_models, out_dtype, per_model, provenance, stream_merge, validate_base_and_models,
     DTYPE_PARAM, EXCLUDE_PARAM, INCLUDE_PARAM, PARTIAL_PARAM,
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
+use crate::tensors::ModelDir;
 use crate::types::Ty;
 use crate::value::{Kind, Value};
 
@@ -92,7 +95,34 @@ impl Operator for Ties {
         );
         let meta = provenance(cx, SIG.id, SIG.version, &all, &params);
         let mut ties = TiesMerge::new(density, rule, alpha);
-        stream_merge(cx, args, &dirs, dtype, meta, &mut |_, xs| ties.combine(xs))
+        // A large tensor arrives in parts: its trims are found first, over the whole tensor,
+        // by streaming radix selection (exactly what the in-memory selection would keep).
+        let mut trims = Vec::new();
+        stream_merge(
+            cx,
+            args,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |part, xs| {
+                let len = xs[0].len();
+                if part.is_whole(len) {
+                    return ties.combine(xs);
+                }
+                if part.start == 0 {
+                    let read = |i: usize, start: usize, len: usize, buf: &mut Vec<f32>| {
+                        let d: &ModelDir = &dirs[i];
+                        d.read_f32_range_into(part.name, start, len, buf)?;
+                        d.evict_range(part.name, start, len);
+                        Ok(())
+                    };
+                    let ks = ties.keep_counts(part.numel);
+                    trims = find_trims_streamed(part.numel, &ks, len, &read)?;
+                }
+                ties.combine_part(xs, &trims, part.start)
+            },
+        )
     }
 }
 
@@ -145,6 +175,27 @@ mod tests {
         let mut cx = OpCtx::for_test(out, 0);
         let v = Ties.run(&mut cx, a).unwrap();
         read(&v)
+    }
+
+    #[test]
+    fn tensors_merged_in_parts_equal_whole_tensors() {
+        let t = tempfile::tempdir().unwrap();
+        let (base, models) = fixture(t.path());
+        for density in [0.25, 0.5, 0.75, 1.0] {
+            for sign in ["sum", "count"] {
+                let a = args(base.clone(), models.clone(), density, sign, 1.0);
+                let whole = run(&a, t.path().join(format!("w{density}{sign}")));
+                for chunk in [1, 3] {
+                    crate::ops::merge::TEST_CHUNK.with(|c| c.set(Some(chunk)));
+                    let parts = run(&a, t.path().join(format!("p{chunk}{density}{sign}")));
+                    crate::ops::merge::TEST_CHUNK.with(|c| c.set(None));
+                    assert_eq!(
+                        parts, whole,
+                        "density {density}, sign {sign}, parts of {chunk}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! H̄ ≤ 0 (possible with negative α, or with δ = 0 where every Fisher is 0) is an error.
 
 use super::fisher::{arg_values, delta_arg, fisher_value, open_dirs, validate_inputs};
+use super::Granularity;
 use super::{out_dtype, provenance, stream_to_model, DTYPE_PARAM};
 use crate::diag::OpError;
 use crate::ops::estimate::fisher_examples;
@@ -195,28 +196,36 @@ impl Operator for Uncertainty {
         );
         meta.insert("smelt.base".into(), base_key);
         let has_f0 = f0.is_some();
-        stream_to_model(cx, &dirs, dtype, meta, &mut |name, xs| {
-            let (base, rest) = xs.split_first().ok_or_else(|| {
-                OpError::new("smelt::internal", "the merge engine gave no inputs")
-            })?;
-            let (thetas, fs) = rest.split_at(t);
-            let (f0, fs) = match has_f0 {
-                true => (Some(&fs[0]), &fs[1..]),
-                false => (None, fs),
-            };
-            let mut sf = vec![0f64; t];
-            let mut out = Vec::with_capacity(base.len());
-            for j in 0..base.len() {
-                let s0f0 = match f0 {
-                    Some(f) => s0 * fisher_value(f[j], name, "base_hessian")?,
-                    None => 0.0,
+        stream_to_model(
+            cx,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Elementwise,
+            &mut |part, xs| {
+                let name = part.name;
+                let (base, rest) = xs.split_first().ok_or_else(|| {
+                    OpError::new("smelt::internal", "the merge engine gave no inputs")
+                })?;
+                let (thetas, fs) = rest.split_at(t);
+                let (f0, fs) = match has_f0 {
+                    true => (Some(&fs[0]), &fs[1..]),
+                    false => (None, fs),
                 };
-                for k in 0..t {
-                    sf[k] = scales[k] * fisher_value(fs[k][j], name, &format!("hessians[{k}]"))?;
-                }
-                let hbar = alpha * sf.iter().sum::<f64>() + s0f0 + delta;
-                if !(hbar > 0.0 && hbar.is_finite()) {
-                    return Err(OpError::new(
+                let mut sf = vec![0f64; t];
+                let mut out = Vec::with_capacity(base.len());
+                for j in 0..base.len() {
+                    let s0f0 = match f0 {
+                        Some(f) => s0 * fisher_value(f[j], name, "base_hessian")?,
+                        None => 0.0,
+                    };
+                    for k in 0..t {
+                        sf[k] =
+                            scales[k] * fisher_value(fs[k][j], name, &format!("hessians[{k}]"))?;
+                    }
+                    let hbar = alpha * sf.iter().sum::<f64>() + s0f0 + delta;
+                    if !(hbar > 0.0 && hbar.is_finite()) {
+                        return Err(OpError::new(
                         "smelt::merge::nonpositive_curvature",
                         format!("H̄ = α·Σ sₜFₜ + s₀F₀ + δ = {hbar:e} at element {j} of `{name}`"),
                     )
@@ -225,21 +234,22 @@ impl Operator for Uncertainty {
                     } else {
                         "every Fisher is 0 here: use delta0 > 0"
                     }));
+                    }
+                    let b = base[j] as f64;
+                    let update: f64 = (0..t)
+                        .map(|k| (sf[k] + s0f0 + delta) / hbar * (thetas[k][j] as f64 - b))
+                        .sum::<f64>()
+                        * alpha;
+                    // A zero update keeps the base value bit for bit.
+                    out.push(if update == 0.0 {
+                        base[j]
+                    } else {
+                        (b + update) as f32
+                    });
                 }
-                let b = base[j] as f64;
-                let update: f64 = (0..t)
-                    .map(|k| (sf[k] + s0f0 + delta) / hbar * (thetas[k][j] as f64 - b))
-                    .sum::<f64>()
-                    * alpha;
-                // A zero update keeps the base value bit for bit.
-                out.push(if update == 0.0 {
-                    base[j]
-                } else {
-                    (b + update) as f32
-                });
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
     }
 }
 

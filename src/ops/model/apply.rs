@@ -11,6 +11,7 @@
 use crate::diag::OpError;
 use crate::nn::peft::io::{read_json, write_json};
 use crate::nn::peft::Lora;
+use crate::ops::merge::Granularity;
 use crate::ops::merge::{out_dtype, provenance, stream_to_model, DTYPE_PARAM};
 use crate::ops::train::runnable::{base_dir, INFO_FILE};
 use crate::ops::{Args, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -99,22 +100,30 @@ impl Operator for Apply {
             &format!("scale={scale}"),
         );
         let mut used: HashMap<String, bool> = HashMap::new();
-        let v = stream_to_model(cx, &dirs, dtype, meta, &mut |name, xs| {
-            let mut out = xs[0].clone();
-            if let Some((m, d)) = deltas.iter().find(|(m, _)| is_weight_of(name, m)) {
-                if d.len() != out.len() {
-                    return Err(OpError::new(
-                        "smelt::peft::shape",
-                        format!("{m}: delta has {} values, weight {}", d.len(), out.len()),
-                    ));
+        let v = stream_to_model(
+            cx,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Whole,
+            &mut |part, xs| {
+                let name = part.name;
+                let mut out = xs[0].clone();
+                if let Some((m, d)) = deltas.iter().find(|(m, _)| is_weight_of(name, m)) {
+                    if d.len() != out.len() {
+                        return Err(OpError::new(
+                            "smelt::peft::shape",
+                            format!("{m}: delta has {} values, weight {}", d.len(), out.len()),
+                        ));
+                    }
+                    for (o, x) in out.iter_mut().zip(d) {
+                        *o += x;
+                    }
+                    used.insert(m.clone(), true);
                 }
-                for (o, x) in out.iter_mut().zip(d) {
-                    *o += x;
-                }
-                used.insert(m.clone(), true);
-            }
-            Ok(out)
-        })?;
+                Ok(out)
+            },
+        )?;
         if let Some((m, _)) = deltas.iter().find(|(m, _)| !used.contains_key(m)) {
             return Err(OpError::new(
                 "smelt::peft::no_match",

@@ -5,6 +5,7 @@
 //! results do not depend on tensor order or sharding.
 
 use crate::diag::OpError;
+use crate::ops::merge::Granularity;
 use crate::ops::merge::{open_models, out_dtype, provenance, stream_to_model, DTYPE_PARAM};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::types::Ty;
@@ -62,14 +63,22 @@ impl Operator for Perturb {
         let dtype = out_dtype(args, &dirs[0])?;
         let seed = cx.seed;
         let meta = provenance(cx, SIG.id, SIG.version, &[model], &format!("std={std}"));
-        stream_to_model(cx, &dirs, dtype, meta, &mut |name, xs| {
-            let mut h = blake3::Hasher::new();
-            h.update(&seed.to_le_bytes());
-            h.update(name.as_bytes());
-            let mut rng = rand_chacha::ChaCha8Rng::from_seed(*h.finalize().as_bytes());
-            let noise = gaussian(&mut rng, xs[0].len());
-            Ok(xs[0].iter().zip(noise).map(|(x, e)| x + std * e).collect())
-        })
+        stream_to_model(
+            cx,
+            &dirs,
+            dtype,
+            meta,
+            Granularity::Whole,
+            &mut |part, xs| {
+                let name = part.name;
+                let mut h = blake3::Hasher::new();
+                h.update(&seed.to_le_bytes());
+                h.update(name.as_bytes());
+                let mut rng = rand_chacha::ChaCha8Rng::from_seed(*h.finalize().as_bytes());
+                let noise = gaussian(&mut rng, xs[0].len());
+                Ok(xs[0].iter().zip(noise).map(|(x, e)| x + std * e).collect())
+            },
+        )
     }
 }
 
