@@ -204,6 +204,27 @@ fn multitask_heads_full_finetuning_and_bottleneck_adapters() {
     );
 }
 
+#[test]
+fn merged_models_keep_every_inputs_task_head() {
+    // LoRA with cls heads, folded into models, then merged: each task is still scored with its
+    // own head. Task arithmetic of one model with alpha 1 is that model, so its scores match.
+    let t = Scratch::new();
+    let text = format!(
+        "{}let ls = [train lora(lm, x, head=cls, lr=5e-3, epochs=2, batch=16) for x in [movies, topics]]\n\
+         let ms = [model apply(l) for l in ls]\n\
+         let one = merge task_arithmetic(lm, [ms[0]])\n\
+         let both = merge task_arithmetic(lm, ms, alpha=0.5)\n\
+         report evaluate([ms[0], one, ms[1], both], [movies, topics]) as \"e\"\n\
+         expect measure score(one, movies) == measure score(ms[0], movies) within 1e-9\n\
+         expect measure score(both, topics, split=dev) > 0.6\n",
+        prelude(),
+    );
+    let f = t.write("h.exp", &text);
+    let o = run_ok(&f, &t.opts("s"));
+    let e = table(&o, "e");
+    assert_eq!(e.rows.len(), 8, "{e:?}");
+}
+
 /// Runs `call` (one line) after the prelude; returns the rendered error.
 fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
     let f = t.write(

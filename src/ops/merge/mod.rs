@@ -24,6 +24,7 @@ pub mod dare;
 pub mod elect;
 pub mod filter;
 pub mod fisher;
+pub mod heads;
 pub mod linear;
 pub mod lowrank;
 pub mod slerp;
@@ -289,7 +290,12 @@ pub fn stream_to_model_with(
     };
     let stats = merge_streaming_with(&refs, &out, dtype, metadata, &opts, combine)?;
     let dir = ModelDir::open(&out)?;
+    let heads = heads::carry_heads(inputs, &out)?;
     let mut data = crate::ops::load::model::model_summary(&dir);
+    if !heads.is_null() {
+        data["formats"] = heads["formats"].clone();
+        data["heads_from"] = heads["merge"]["heads"].clone();
+    }
     data["merge_seconds"] = serde_json::json!(stats.seconds);
     data["bytes_read"] = serde_json::json!(stats.bytes_read);
     data["tensors_merged"] = serde_json::json!(stats.tensors - stats.passed_through);
