@@ -246,6 +246,37 @@ fn check_rejects_mismatched_merge_from_headers_only() {
 }
 
 #[test]
+fn check_rejects_a_vocabulary_mismatch_from_headers_only() {
+    let t = Scratch::new();
+    let dst = t.path("other_vocab");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "vocab.txt"] {
+        std::fs::copy(Path::new(MODEL).join(f), dst.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(Path::new(MODEL).join("config.json")).unwrap();
+    let patched = config.replacen("\"vocab_size\": 8192", "\"vocab_size\": 8000", 1);
+    assert_ne!(patched, config, "fixture config layout changed");
+    std::fs::write(dst.join("config.json"), patched).unwrap();
+    let text = format!("let a = load model(\"{MODEL}\")\nlet b = load model(\"{}\")\nlet m = merge task_arithmetic(a, [b])\n", dst.display());
+    let mut s = Session::new();
+    let p = s
+        .load_source("vocab.exp", &text, Path::new("vocab.exp"), &[])
+        .unwrap();
+    let mut fp = smelt::cache::Fingerprinter::in_memory();
+    let settings = s.settings(&p);
+    let (ev, res) = s.evaluate(&p, Mode::Check, None, &mut fp, settings, None);
+    drop(ev);
+    let d = res.expect_err("different vocabularies must be rejected");
+    assert_eq!(d.code, "smelt::check::incompatible_models");
+    assert!(
+        d.message.contains("8000") && d.message.contains("8192"),
+        "{}",
+        d.message
+    );
+    assert_eq!(fp.bytes_hashed, 0, "check mode hashes no file contents");
+}
+
+#[test]
 fn bad_inputs_are_clear_errors_with_spans() {
     let t = Scratch::new();
     // Missing directory.
