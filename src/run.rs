@@ -106,6 +106,7 @@ pub fn run_program(
     let mut reports = Vec::new();
     let mut failed = Vec::new();
     let mut saves = Vec::new();
+    let mut figures: Vec<(String, Value)> = Vec::new();
     let outputs = ev.outputs.clone();
     if errors.is_empty() {
         for out in &outputs {
@@ -118,6 +119,26 @@ pub fn run_program(
                     save(&v, Path::new(path))
                         .map_err(|e| e.at_span(*span))
                         .map(|_| saves.push(path.clone()))
+                }),
+                Output::Plot { value, to, span } => ev.force_deep(value).and_then(|v| {
+                    let file = match (to, &v) {
+                        (Some(p), _) => Path::new(p)
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "plot.svg".into()),
+                        (None, Value::Artifact(a)) => format!(
+                            "{}-{}.svg",
+                            a.data["plot"].as_str().unwrap_or("plot"),
+                            figures.len() + 1
+                        ),
+                        (None, _) => format!("plot-{}.svg", figures.len() + 1),
+                    };
+                    if let Some(p) = to {
+                        save(&v, Path::new(p)).map_err(|e| e.at_span(*span))?;
+                        saves.push(p.clone());
+                    }
+                    figures.push((file, v));
+                    Ok(())
                 }),
                 Output::Expect { outcome, span } => {
                     if let ExpectOutcome::Failed { lhs, rhs } = outcome {
@@ -155,6 +176,10 @@ pub fn run_program(
         return Err(errors);
     }
     write.map_err(|e| vec![Diagnostic::global(e.code, e.message)])?;
+    // Figures go next to the run's tables.
+    for (file, v) in &figures {
+        save(v, &run_dir.join(file)).map_err(|e| vec![Diagnostic::global(e.code, e.message)])?;
+    }
     Ok(RunOutcome {
         executed,
         cached,
@@ -198,12 +223,52 @@ pub fn save(v: &Value, dest: &Path) -> Result<(), OpError> {
             copy_dir_atomic(&a.dir, dest)
         }
         Value::Artifact(a) if a.kind == Kind::Table => write_table(&Table::from_value(v), dest),
+        Value::Artifact(a) if a.kind == Kind::Figure => {
+            let svg = std::fs::read(a.dir.join(crate::ops::plot::FIGURE_FILE))?;
+            crate::cache::atomic_write(dest, &svg)
+        }
+        Value::Artifact(a) if a.kind == Kind::Matrix => match dest.extension() {
+            Some(e) if e == "csv" => write_matrix_csv(a, dest),
+            _ => copy_dir_atomic(&a.dir, dest),
+        },
         Value::Record(_) | Value::List(_) => write_table(&Table::from_value(v), dest),
         other => Err(OpError::new(
             "smelt::run::cannot_save",
             format!("cannot save {}", other.display()),
         )),
     }
+}
+
+/// A 2-D matrix as CSV: a header of column labels, then one labelled row per matrix row.
+fn write_matrix_csv(a: &crate::value::Artifact, dest: &Path) -> Result<(), OpError> {
+    let m = crate::tensors::matrix::Matrix::read(&a.dir)?;
+    if m.shape.len() != 2 {
+        return Err(OpError::new(
+            "smelt::run::cannot_save",
+            format!("a {}-D matrix cannot be written as CSV", m.shape.len()),
+        )
+        .with_help("save it to a directory name instead (safetensors + json)"));
+    }
+    let label = |k: usize, i: usize| {
+        m.axes[k]
+            .labels
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| i.to_string())
+    };
+    let mut text = m.axes[0].name.clone();
+    for j in 0..m.cols() {
+        text += &format!(",{}", label(1, j));
+    }
+    text.push('\n');
+    for i in 0..m.rows() {
+        text += &label(0, i);
+        for v in m.row(i) {
+            text += &format!(",{v}");
+        }
+        text.push('\n');
+    }
+    crate::cache::atomic_write(dest, text.as_bytes())
 }
 
 fn write_table(t: &Table, dest: &Path) -> Result<(), OpError> {

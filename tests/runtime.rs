@@ -225,6 +225,39 @@ fn merged_models_keep_every_inputs_task_head() {
     assert_eq!(e.rows.len(), 8, "{e:?}");
 }
 
+#[test]
+fn training_starts_from_a_given_or_merged_delta() {
+    // Zero steps from `init` give `init` back; a merged delta is a valid start; a rank
+    // mismatch is an error naming both ranks.
+    let t = Scratch::new();
+    let text = format!(
+        "{}let a = train lora(lm, movies, head=prompt, lr=5e-3, epochs=1, batch=16)\n\
+         let b = train lora(lm, topics, head=prompt, lr=5e-3, epochs=1, batch=16)\n\
+         let same = train lora(lm, movies, head=prompt, max_steps=0, init=a)\n\
+         let merged = merge average([a, b])\n\
+         let tuned = train lora(lm, movies, head=prompt, lr=5e-3, max_steps=4, batch=16, init=merged)\n\
+         let p = train prefix(lm, movies, tokens=4, prefix_hidden=16, head=prompt, max_steps=2)\n\
+         let p2 = train prefix(lm, movies, tokens=4, prefix_hidden=16, head=prompt, max_steps=0, init=p)\n\
+         expect measure score(same, movies) == measure score(a, movies) within 1e-9\n\
+         expect measure score(p2, movies) == measure score(p, movies) within 1e-9\n\
+         report {{tuned: measure score(tuned, movies)}} as \"s\"\n",
+        prelude(),
+    );
+    let f = t.write("i.exp", &text);
+    let o = run_ok(&f, &t.opts("s"));
+    assert!(num(table(&o, "s"), 0, "tuned") > 0.5);
+    let e = bad(
+        &t,
+        "r.exp",
+        "let a = train lora(lm, movies, head=prompt, max_steps=1)\n",
+        "train lora(lm, movies, r=4, head=prompt, max_steps=1, init=a)",
+    );
+    assert!(
+        e.contains("smelt::train::init") && e.contains("rank r 8"),
+        "{e}"
+    );
+}
+
 /// Runs `call` (one line) after the prelude; returns the rendered error.
 fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
     let f = t.write(

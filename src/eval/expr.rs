@@ -88,8 +88,22 @@ impl<'a> Evaluator<'a> {
                     span: s.span,
                 });
             }
-            StmtKind::Plot { call, to: _ } => {
-                self.eval(call)?;
+            StmtKind::Plot { call, to } => {
+                let value = self.eval(call)?;
+                let to = match to {
+                    Some(p) => Some(
+                        self.eval(p)?
+                            .as_str()
+                            .map(String::from)
+                            .ok_or_else(|| internal("plot path is not a string", p.span))?,
+                    ),
+                    None => None,
+                };
+                self.outputs.push(Output::Plot {
+                    value,
+                    to,
+                    span: s.span,
+                });
             }
             StmtKind::Expect { cond, within } => {
                 let outcome = self.expect(cond, within.as_ref())?;

@@ -99,6 +99,13 @@ pub enum Output {
         outcome: ExpectOutcome,
         span: Span,
     },
+    /// `plot KIND(args) [to "file.svg"]`: a `Figure` written next to the run's tables (and
+    /// to `to` when given).
+    Plot {
+        value: Value,
+        to: Option<String>,
+        span: Span,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,7 @@ pub mod load;
 pub mod measure;
 pub mod merge;
 pub mod model;
+pub mod plot;
 pub mod train;
 
 pub use args::Args;
@@ -167,5 +168,7 @@ pub fn builtin_registry() -> Registry {
     // Evaluation.
     r.add(evaluate::Evaluate);
     r.add(best::Best);
+    // Figures.
+    r.add(plot::heatmap::Heatmap);
     r
 }

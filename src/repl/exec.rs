@@ -140,6 +140,12 @@ fn run(
                 crate::run::save(&v, Path::new(&path)).map_err(|e| e.at_span(span))?;
                 out.push(format!("saved {path}"));
             }
+            Output::Plot { value, to, span } => {
+                let v = ev.force_deep(&value)?;
+                let path = to.unwrap_or_else(|| "plot.svg".into());
+                crate::run::save(&v, Path::new(&path)).map_err(|e| e.at_span(span))?;
+                out.push(format!("plotted {path}"));
+            }
             Output::Expect { outcome, span } => match outcome {
                 ExpectOutcome::Passed { .. } => {
                     out.push(format!("expectation holds: {}", sources.snippet(span)))

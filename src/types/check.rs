@@ -295,7 +295,13 @@ impl Checker<'_> {
                 let t = self.expr(value);
                 if !matches!(
                     t,
-                    Type::Model | Type::Adapter | Type::Fisher | Type::Table | Type::Unknown
+                    Type::Model
+                        | Type::Adapter
+                        | Type::Fisher
+                        | Type::Table
+                        | Type::Matrix
+                        | Type::Figure
+                        | Type::Unknown
                 ) {
                     self.err(
                         Diagnostic::error(
@@ -304,14 +310,15 @@ impl Checker<'_> {
                             value.span,
                         )
                         .with_label(format!("this is {t}"))
-                        .with_help("`save` writes models (HF directories), adapters (PEFT directories) and tables"),
+                        .with_help("`save` writes models (HF directories), adapters (PEFT directories), Fishers, tables, matrices (a directory, or CSV for 2-D) and figures (SVG)"),
                     );
                 }
                 let t = self.expr(path);
                 self.expect_type(&Ty::Path, &t, path.span, "a path");
             }
             StmtKind::Plot { call, to } => {
-                self.expr(call);
+                let t = self.expr(call);
+                self.expect_type(&Ty::Figure, &t, call.span, "a figure (`plot heatmap(…)`)");
                 if let Some(p) = to {
                     let t = self.expr(p);
                     self.expect_type(&Ty::Path, &t, p.span, "a file name");

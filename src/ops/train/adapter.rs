@@ -31,9 +31,9 @@ pub const P_ACT: Param = Param::opt(
 );
 pub const P_INIT: Param = Param::opt(
     "init",
-    Ty::Enum(&["normal", "zero_up"]),
+    Ty::Either(&Ty::Enum(&["normal", "zero_up"]), &Ty::Adapter),
     Const::Str("normal"),
-    "`normal`: both projections N(0, 0.02²); `zero_up`: up-projection zero (identity at init).",
+    "`normal`: both projections N(0, 0.02²); `zero_up`: up-projection zero (identity at init); or an adapter to start from (e.g. a merged delta from `merge softmax`), of the same size and sites on the same base.",
 );
 pub const P_BIAS: Param = Param::opt(
     "bias",
@@ -84,7 +84,7 @@ pub fn adapter_config(args: &Args, seed: u64) -> Result<AdapterConfig, OpError> 
             "swish" => AdapterActivation::Swish,
             _ => AdapterActivation::Relu,
         },
-        init: match args.str("init")? {
+        init: match args.str("init").unwrap_or("normal") {
             "zero_up" => AdapterInit::ZeroUp { std: 0.02 },
             _ => AdapterInit::Normal { std: 0.02 },
         },

@@ -46,7 +46,7 @@ static SIG: Signature = Signature {
         P_MODEL, P_TASKS, P_R, P_ALPHA, P_DROPOUT, P_TARGETS, P_RSLORA,
         Param::opt("lr", Ty::Float, Const::Float(1e-3), "Peak learning rate.").range(0.0, 10.0),
         P_EPOCHS, P_MAX_STEPS, P_BATCH, P_ACCUM, P_OPTIMIZER, P_WD, P_SCHEDULE, P_WARMUP, P_CLIP,
-        P_MAX_LEN, P_HEAD, P_TEMPLATE, P_WORDS, P_WEIGHTS, P_PATIENCE, P_EVAL_EVERY, P_SEED,
+        P_MAX_LEN, P_HEAD, P_TEMPLATE, P_WORDS, P_WEIGHTS, P_PATIENCE, P_EVAL_EVERY, P_SEED, P_INIT_FROM,
     ],
     returns: Ty::Adapter,
     ret_fn: None,

@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod full;
+pub mod init;
 pub mod lora;
 pub mod prefix;
 pub mod quantized;
@@ -106,6 +107,13 @@ pub const P_EVAL_EVERY: Param = Param::opt(
     Ty::Opt(&Ty::Int),
     Const::None,
     "Evaluate the dev metric every this many steps (default: each epoch when `patience` is set).",
+);
+/// `init=` of `train lora` and `train prefix`: the delta to start from.
+pub const P_INIT_FROM: Param = Param::opt(
+    "init",
+    Ty::Opt(&Ty::Adapter),
+    Const::None,
+    "Start from this adapter's weights (e.g. a merged delta from `merge softmax`) instead of a fresh initialisation; same kind and shape-determining configuration, same base.",
 );
 pub const P_SEED: Param = Param::opt(
     "seed",
@@ -246,7 +254,10 @@ fn inner(
         Some(bits) => Some(quantize_model(&mut lm, bits)?),
         None => None,
     };
-    let delta = Delta::install(&mut lm, &spec, full_vars)?;
+    let delta = match args.get("init") {
+        Ok(Value::Artifact(init)) => init::load_init(&mut lm, &spec, init, base)?,
+        _ => Delta::install(&mut lm, &spec, full_vars)?,
+    };
     let head = args.str("head")?;
     let (template, words) = (opt_str(args, "template")?, opt_str(args, "words")?);
     let max_len = args.int("max_len")?.max(1) as usize;

@@ -24,7 +24,7 @@ static SIG: Signature = Signature {
         Param::opt("prefix_hidden", Ty::Opt(&Ty::Int), Const::None, "Hidden width of the MLP (default: the model's hidden size)."),
         Param::opt("lr", Ty::Float, Const::Float(1e-2), "Peak learning rate.").range(0.0, 10.0),
         P_EPOCHS, P_MAX_STEPS, P_BATCH, P_ACCUM, P_OPTIMIZER, P_WD, P_SCHEDULE, P_WARMUP, P_CLIP,
-        P_MAX_LEN, P_HEAD, P_TEMPLATE, P_WORDS, P_WEIGHTS, P_PATIENCE, P_EVAL_EVERY, P_SEED,
+        P_MAX_LEN, P_HEAD, P_TEMPLATE, P_WORDS, P_WEIGHTS, P_PATIENCE, P_EVAL_EVERY, P_SEED, P_INIT_FROM,
     ],
     returns: Ty::Adapter,
     ret_fn: None,
