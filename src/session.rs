@@ -90,6 +90,19 @@ impl Session {
             };
             diags.extend(check_module(&self.reg, &mut self.env, m, opts));
         }
+        // Paper configs read their task data from `let data = …`: `$SMELT_DATA` replaces it
+        // unless `--set data=…` does.
+        let mut overrides = overrides.to_vec();
+        let declares_data = module
+            .stmts
+            .iter()
+            .any(|s| matches!(&s.kind, StmtKind::Let { name, .. } if name.name == "data"));
+        if declares_data && !overrides.iter().any(|(k, _)| k == "data") {
+            if let Ok(dir) = std::env::var("SMELT_DATA") {
+                overrides.push(("data".into(), format!("{dir:?}")));
+            }
+        }
+        let overrides = &overrides[..];
         if !overrides.is_empty() {
             // Type the original bindings first, so an override can be compared with them.
             let mut probe = self.env.clone();

@@ -277,6 +277,38 @@ fn check_rejects_a_vocabulary_mismatch_from_headers_only() {
 }
 
 #[test]
+fn smelt_data_replaces_let_data_unless_set_on_the_command_line() {
+    let t = Scratch::new();
+    let f = t.write(
+        "d.exp",
+        "let data = \"data\"\nreport {dir: data + \"/sst2\"} as \"d\"\n",
+    );
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args(["run", f.to_str().unwrap(), "-q", "--store"])
+            .arg(t.path("store"))
+            .arg("--out")
+            .arg(t.path("runs"))
+            .args(extra)
+            .env("SMELT_DATA", "/shared/tasks")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&[]).contains("/shared/tasks/sst2"));
+    let set = run(&["--set", "data=mine"]);
+    assert!(
+        set.contains("mine/sst2") && !set.contains("/shared/tasks"),
+        "{set}"
+    );
+}
+
+#[test]
 fn bad_inputs_are_clear_errors_with_spans() {
     let t = Scratch::new();
     // Missing directory.
