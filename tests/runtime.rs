@@ -258,6 +258,32 @@ fn training_starts_from_a_given_or_merged_delta() {
     );
 }
 
+#[test]
+fn weight_heatmaps_and_matrix_csv_are_written() {
+    let t = Scratch::new();
+    let text = format!(
+        "{}let ls = [train lora(lm, x, head=prompt, max_steps=2, batch=8) for x in [movies, topics]]\n\
+         let w = similarity weights(similarity loss(ls, [movies, topics], examples=8))\n\
+         plot heatmap(w, title=\"softmax weights\") to \"{}\"\n\
+         save w to \"{}\"\n",
+        prelude(),
+        t.path("w.svg").display(),
+        t.path("w.csv").display(),
+    );
+    let f = t.write("w.exp", &text);
+    let o = run_ok(&f, &t.opts("s"));
+    let svg = std::fs::read_to_string(t.path("w.svg")).unwrap();
+    assert!(svg.contains("softmax weights") && svg.contains("topics"));
+    // The figure also lands next to the run's tables.
+    assert!(o.run_dir.join("w.svg").is_file());
+    let csv = std::fs::read_to_string(t.path("w.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "target,movies,topics");
+    // Two tasks: each target puts all its weight on the other one.
+    assert_eq!(lines[1], "movies,0,1");
+    assert_eq!(lines[2], "topics,1,0");
+}
+
 /// Runs `call` (one line) after the prelude; returns the rendered error.
 fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
     let f = t.write(

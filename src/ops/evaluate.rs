@@ -1,5 +1,5 @@
 //! `evaluate(models, tasks, metric=…)`: a table over (model × task), and the scoring routine
-//! `measure score` shares.
+//! `measure score` shares; also scores stored `Predictions` (kernel solvers' results).
 //!
 //! Each model (a `Model` or an `Adapter` on its base) is loaded once; each task is fed in the
 //! input format chosen by, in order: explicit `head`/`template`/`words` arguments; the format
@@ -7,9 +7,15 @@
 //! trained head for the task; otherwise the default prompt (LM-BFF label words at the mask for
 //! encoders, answer choices for decoders). Class scores are head logits or logits restricted
 //! to the label words / first answer tokens; predictions are their argmax.
+//!
+//! `models` may instead hold `Predictions` (e.g. `solve lstsq(…)`): they already carry their
+//! task, split, class scores and gold labels, so each gives one row with no model run, and
+//! `tasks` may be left out. When `tasks` is given as well, each Predictions must be for one of
+//! those tasks and for `split` (so a table never silently mixes splits or tasks).
 
 use crate::data::TaskData;
 use crate::diag::OpError;
+use crate::ops::solve::predictions::Predictions;
 use crate::ops::train::runnable::{runnable_args, Runnable};
 use crate::ops::train::{tasks_arg, HEADS, TASKS_TY};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
@@ -27,6 +33,8 @@ pub const METRICS: &[&str] = &[
     "accuracy", "macro_f1", "mcc", "ce_loss", "em", "qa_f1", "rouge_l",
 ];
 pub const RUNNABLE: Ty = Ty::Either(&Ty::Model, &Ty::Adapter);
+/// What `evaluate` scores: a runnable model, or stored predictions.
+pub const EVALUABLE: Ty = Ty::Either(&RUNNABLE, &Ty::Predictions);
 pub const SPLITS: &[&str] = &["test", "dev", "train"];
 
 pub const P_SPLIT: Param = Param::opt(
@@ -82,10 +90,12 @@ static SIG: Signature = Signature {
           (rouge_score's LCS F-measure). A decoder with a prompt format generates its answer \
           greedily (up to `max_new` tokens, stopping at end-of-sequence or a newline); an encoder \
           or a classification head answers with the word of its predicted class, so there `em` \
-          equals accuracy.",
+          equals accuracy. `models` may also be Predictions (from `solve …`): one row each, scored \
+          from the stored class scores and gold labels; `tasks` may then be omitted, and if given \
+          must contain each Predictions' task, with `split` equal to its split.",
     params: &[
-        Param::req("models", Ty::Either(&RUNNABLE, &Ty::List(&RUNNABLE)), "A model or adapter, or a list of them."),
-        Param::req("tasks", TASKS_TY, "A task or a list of tasks."),
+        Param::req("models", Ty::Either(&EVALUABLE, &Ty::List(&EVALUABLE)), "A model or adapter, or a list of them; or Predictions, or a list of them."),
+        Param::opt("tasks", Ty::Opt(&TASKS_TY), Const::None, "A task or a list of tasks (required for models and adapters)."),
         Param::opt("metric", Ty::Either(&Ty::Enum(METRICS), &Ty::List(&Ty::Enum(METRICS))), Const::Str("accuracy"), "A metric or a list of metrics."),
         P_SPLIT,
         Param::opt("names", Ty::Opt(&Ty::List(&Ty::Str)), Const::None, "Row labels for the models."),
@@ -93,7 +103,7 @@ static SIG: Signature = Signature {
     ],
     returns: Ty::Table,
     ret_fn: None,
-    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet a = train lora(lm, ts[0], head=prompt)\nreport evaluate([a], ts, metric=[accuracy, macro_f1])\nreport evaluate(lm, ts, metric=accuracy)"],
+    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"topics\"]]\nlet a = train lora(lm, ts[0], head=prompt)\nreport evaluate([a], ts, metric=[accuracy, macro_f1])\nreport evaluate(lm, ts, metric=accuracy)", "let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet t = load task(\"experiments/data/movies\")\nlet few = data kshot(t, k=16, seed=13)\nlet p = solve lstsq(kernel sgd(lm, few, few, split=train), kernel sgd(lm, few, t))\nreport evaluate(p, metric=[accuracy, macro_f1, mcc])"],
     reference: None,
     determinism: Determinism::Pure,
     kind: OpKind::Node,
@@ -238,9 +248,22 @@ impl Operator for Evaluate {
         &SIG
     }
 
+    /// Models and adapters need `tasks`; caught at check time when the types are known.
+    fn validate(&self, args: &Args) -> Result<(), OpError> {
+        if matches!(args.get("tasks")?, Value::None)
+            && model_items(args.get("models")?).any(is_model)
+        {
+            return Err(missing_tasks());
+        }
+        Ok(())
+    }
+
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
-        let models = runnable_args(args.get("models")?, "models")?;
-        let tasks = tasks_arg(args, "tasks")?;
+        let items: Vec<&Value> = model_items(args.get("models")?).collect();
+        let tasks = match args.get("tasks")? {
+            Value::None => None,
+            _ => Some(tasks_arg(args, "tasks")?),
+        };
         let metrics = metrics_arg(args)?;
         let split = args.str("split")?;
         let o = Overrides::of(args)?;
@@ -255,18 +278,38 @@ impl Operator for Evaluate {
             ),
         };
         if let Some(n) = &names {
-            if n.len() != models.len() {
+            if n.len() != items.len() {
                 return Err(OpError::new(
                     "smelt::eval::names",
-                    format!("{} names for {} models", n.len(), models.len()),
+                    format!("{} names for {} models", n.len(), items.len()),
                 ));
             }
         }
         let mut rows = Vec::new();
-        for (i, m) in models.iter().enumerate() {
+        for (i, item) in items.into_iter().enumerate() {
+            if let Some(a) = item.as_artifact().filter(|a| a.kind == Kind::Predictions) {
+                let p = Predictions::from_artifact(a)?;
+                let label = names.as_ref().map_or(p.label.clone(), |n| n[i].clone());
+                if let Some(ts) = &tasks {
+                    check_predictions(&p, &label, ts, split)?;
+                }
+                let mut row = vec![
+                    label.into(),
+                    p.task.clone().into(),
+                    p.split.clone().into(),
+                    p.gold.len().into(),
+                ];
+                for metric in &metrics {
+                    row.push(serde_json::json!(p.metric(metric)?));
+                }
+                rows.push(row);
+                continue;
+            }
+            let m = runnable_args(item, "models")?[0];
+            let tasks = tasks.as_ref().ok_or_else(missing_tasks)?;
             let run = Runnable::load(m, &cx.device)?;
             let label = names.as_ref().map_or(run.label.clone(), |n| n[i].clone());
-            for task in &tasks {
+            for task in tasks {
                 let s = score(&run, task, split, &o, batch, wants_text(&metrics))
                     .map_err(|e| e.context(format!("evaluating {label} on {}", task.name)))?;
                 let mut row = vec![
@@ -290,6 +333,64 @@ impl Operator for Evaluate {
         columns.extend(metrics);
         table_value(cx, columns, rows)
     }
+}
+
+/// The single value or the list elements of `models`.
+fn model_items(v: &Value) -> Box<dyn Iterator<Item = &Value> + '_> {
+    match v {
+        Value::List(xs) => Box::new(xs.iter()),
+        v => Box::new(std::iter::once(v)),
+    }
+}
+
+/// A model or adapter, realised or not.
+fn is_model(v: &Value) -> bool {
+    use crate::types::Type;
+    match v {
+        Value::Artifact(a) => matches!(a.kind, Kind::Model | Kind::Adapter),
+        Value::Node(n) => matches!(n.ty, Type::Model | Type::Adapter),
+        Value::Unknown(t) => matches!(t, Type::Model | Type::Adapter),
+        _ => false,
+    }
+}
+
+fn missing_tasks() -> OpError {
+    OpError::new(
+        "smelt::eval::tasks",
+        "evaluating models or adapters needs `tasks`",
+    )
+    .with_help("pass the tasks to score on, e.g. `evaluate(models, [t1, t2])`; only Predictions carry their own task")
+}
+
+/// With `tasks` given, Predictions must be for one of them and for `split`.
+fn check_predictions(
+    p: &Predictions,
+    label: &str,
+    tasks: &[TaskData],
+    split: &str,
+) -> Result<(), OpError> {
+    if !tasks.iter().any(|t| t.name == p.task) {
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        return Err(OpError::new(
+            "smelt::eval::predictions",
+            format!(
+                "{label} holds predictions for task `{}`, which is not among the tasks {names:?}",
+                p.task
+            ),
+        )
+        .with_help("leave `tasks` out to score Predictions on their own task"));
+    }
+    if p.split != split {
+        return Err(OpError::new(
+            "smelt::eval::predictions",
+            format!(
+                "{label} holds predictions on the `{}` split, but split={split}",
+                p.split
+            ),
+        )
+        .with_help(format!("pass split={} (or leave `tasks` out)", p.split)));
+    }
+    Ok(())
 }
 
 /// A Table artifact from column names and rows of JSON cells (in column order).

@@ -16,11 +16,14 @@ pub mod data;
 pub mod estimate;
 pub mod evaluate;
 pub mod helpers;
+pub mod kernel;
 pub mod load;
 pub mod measure;
 pub mod merge;
 pub mod model;
 pub mod plot;
+pub mod similarity;
+pub mod solve;
 pub mod train;
 
 pub use args::Args;
@@ -134,6 +137,7 @@ pub fn builtin_registry() -> Registry {
     r.add(load::task::LoadTasks);
     r.add(load::adapter::LoadAdapter);
     r.add(load::fisher::LoadFisher);
+    r.add(load::kernel::LoadKernel);
     // Task data.
     r.add(data::kshot::KShot);
     r.add(data::subsample::Subsample);
@@ -152,6 +156,10 @@ pub fn builtin_registry() -> Registry {
     r.add(train::quantized::TrainQAdapter);
     // Estimates.
     r.add(estimate::fisher::EstimateFisher);
+    // Kernels.
+    r.add(kernel::sgd::KernelSgd);
+    r.add(kernel::signgd::KernelSignGd);
+    r.add(kernel::asym_signgd::KernelAsymSignGd);
     // Merging.
     r.add(merge::average::Average);
     r.add(merge::linear::Linear);
@@ -162,9 +170,24 @@ pub fn builtin_registry() -> Registry {
     r.add(merge::dare::Dare);
     r.add(merge::slerp::Slerp);
     r.add(merge::softmax::Softmax);
+    // Similarity.
+    r.add(similarity::loss::SimilarityLoss);
+    r.add(similarity::kl::SimilarityKl);
+    r.add(similarity::el2n::SimilarityEl2n);
+    r.add(similarity::cosine_logits::SimilarityCosineLogits);
+    r.add(similarity::grand::SimilarityGrand);
+    r.add(similarity::cosine_weights::SimilarityCosineWeights);
+    r.add(similarity::euclidean::SimilarityEuclidean);
+    r.add(similarity::performance::SimilarityPerformance);
+    r.add(similarity::weights::Weights);
     // Measurements.
     r.add(measure::distance::Distance);
     r.add(measure::score::Score);
+    // Kernel solvers.
+    r.add(solve::lstsq::Lstsq);
+    r.add(solve::logistic::Logistic);
+    r.add(solve::asym::Asym);
+    r.add(solve::svm::Svm);
     // Evaluation.
     r.add(evaluate::Evaluate);
     r.add(best::Best);

@@ -4,5 +4,6 @@
 
 pub mod adapter;
 pub mod fisher;
+pub mod kernel;
 pub mod model;
 pub mod task;

@@ -9,6 +9,13 @@
 //! means more similar (loss, KL, EL2N, GraNd, Euclidean distance); `positive` for similarities
 //! (cosine, performance gain). The weights, scores, temperature and sign are recorded in the
 //! result's data (`merge`) and provenance.
+//!
+//! Scores come as a list (one per delta) or as a target × source `Matrix` from `similarity …`:
+//! then `target=NAME` picks the row, `deltas` are matched to the matrix's source columns by
+//! position, the target's own column (its label equals the target's) is dropped from the
+//! softmax and the merge, and `temperature`/`sign` default to the values the matrix records
+//! (the paper's for that score) instead of 0.1/positive. The record then also holds the whole
+//! row of weights (`row_weights`, 0 for the target itself) and the source labels.
 
 use super::adapter_params::{
     filter_provenance, follows_input, run_adapter_merge, validate_inputs, MERGEABLE, MERGED,
@@ -22,6 +29,7 @@ use super::{
 };
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
+use crate::tensors::matrix::Matrix;
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
 use serde_json::json;
@@ -33,17 +41,19 @@ pub const SIGNS: &[&str] = &["positive", "negative"];
 
 static SIG: Signature = Signature {
     id: "merge.softmax",
-    version: 1,
+    version: 2,
     summary: "Similarity-weighted average of deltas: w = softmax(sign·s/τ), δ = Σ wⱼ δⱼ.",
-    doc: "One score per source. Adapters of one base are merged tensor by tensor (LoRA A and B \
+    doc: "One score per source, or a `similarity …` Matrix with `target=NAME`: that row, without the \
+          target's own column, with the matrix's recorded sign and τ unless given here. Adapters of one base are merged tensor by tensor (LoRA A and B \
           apart, prefixes with their MLP, bottleneck adapters), as paper 2 does; models give their \
           weighted average (= base + Σ wⱼ τⱼ, since Σ w = 1). τ → ∞ gives the plain average, τ → 0 \
           the single best-scored source. The weights are recorded in the result's data (`merge.weights`).",
     params: &[
         Param::req("deltas", MERGEABLE, "Source adapters of one base model, or fine-tuned models of one base."),
-        Param::req("scores", Ty::List(&Ty::Float), "One similarity score per source."),
-        Param::opt("temperature", Ty::Float, Const::Float(0.1), "Softmax temperature τ > 0 (paper 2: 0.1; smaller is sharper).").range(0.0, 1e300),
-        Param::opt("sign", Ty::Enum(SIGNS), Const::Str("positive"), "`positive`: a higher score gets more weight (cosine, performance); `negative`: a lower score does (loss, KL, EL2N, GraNd, distance)."),
+        Param::req("scores", Ty::Either(&Ty::List(&Ty::Float), &Ty::Matrix), "One similarity score per source, or a target × source Matrix from `similarity …` (with `target`)."),
+        Param::opt("target", Ty::Opt(&Ty::Str), Const::None, "With a score Matrix: the target row (a task name); its own source column is left out. Optional for a one-row matrix."),
+        Param::opt("temperature", Ty::Opt(&Ty::Float), Const::None, "Softmax temperature τ > 0 (paper 2: 0.1; smaller is sharper). Default: the matrix's recorded τ, else 0.1.").range(0.0, 1e300),
+        Param::opt("sign", Ty::Opt(&Ty::Enum(SIGNS)), Const::None, "`positive`: a higher score gets more weight (cosine, performance); `negative`: a lower score does (loss, KL, EL2N, GraNd, distance). Default: the matrix's recorded sign, else positive."),
         INCLUDE_PARAM,
         EXCLUDE_PARAM,
         DTYPE_PARAM,
@@ -55,6 +65,7 @@ static SIG: Signature = Signature {
     examples: &[
         "let m = load model(\"assets/models/minilm-l3-v8k\")\nlet s = merge softmax([m, m], [0.2, 0.9], temperature=0.5)",
         "let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"restaurants\", \"topics\"]]\nlet loras = [train lora(lm, t, head=prompt) for t in ts]\nlet init = merge softmax(loras, [0.41, 0.52, 1.30], sign=negative)",
+        "let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"restaurants\", \"topics\"]]\nlet loras = [train lora(lm, t, head=prompt) for t in ts]\nlet s = similarity loss(loras, ts)\nlet inits = [merge softmax(loras, s, target=t.name) for t in ts]",
     ],
     reference: Some("Lv et al., Parameter-efficient Weight Ensembling Facilitates Task-level Knowledge Transfer (ACL 2023)"),
     determinism: Determinism::Pure,
@@ -85,17 +96,114 @@ pub fn softmax_weights(scores: &[f64], temperature: f64, sign: f64) -> Result<Ve
     Ok(e.iter().map(|x| x / total).collect())
 }
 
-fn weights_of(args: &Args) -> Result<(Vec<f64>, serde_json::Value), OpError> {
-    let scores = args.floats("scores")?;
-    let temperature = args.float("temperature")?;
-    let sign = args.str("sign")?;
-    let w = softmax_weights(
-        &scores,
-        temperature,
-        if sign == "negative" { -1.0 } else { 1.0 },
-    )?;
-    let record = json!({"scores": scores, "temperature": temperature, "sign": sign});
-    Ok((w, record))
+/// The merge weights: one per kept delta, the kept deltas' indices, and the record.
+fn weights_of(
+    args: &Args,
+    n_deltas: usize,
+) -> Result<(Vec<f64>, Vec<usize>, serde_json::Value), OpError> {
+    let given_t = args.opt_float("temperature")?;
+    let given_s = match args.get("sign")? {
+        Value::None => None,
+        _ => Some(args.str("sign")?.to_string()),
+    };
+    let sign_of = |s: &str| if s == "negative" { -1.0 } else { 1.0 };
+    let Value::Artifact(a) = args.get("scores")? else {
+        let scores = args.floats("scores")?;
+        if args.get("target")? != &Value::None {
+            return Err(OpError::new(
+                "smelt::run::argument",
+                "`target` selects a row of a score Matrix; the scores here are a list",
+            )
+            .with_help("drop `target`, or pass the Matrix from `similarity …`"));
+        }
+        if scores.len() != n_deltas {
+            return Err(OpError::new(
+                "smelt::run::length_mismatch",
+                format!("{n_deltas} deltas but {} scores", scores.len()),
+            ));
+        }
+        let temperature = given_t.unwrap_or(0.1);
+        let sign = given_s.unwrap_or_else(|| "positive".into());
+        let w = softmax_weights(&scores, temperature, sign_of(&sign))?;
+        let record = json!({"scores": scores, "temperature": temperature, "sign": sign});
+        return Ok((w, (0..scores.len()).collect(), record));
+    };
+    let m = Matrix::read(&a.dir)?;
+    let row_of = matrix_row(&m, args)?;
+    let (rows, cols) = (&m.axes[0].labels, &m.axes[1].labels);
+    if m.cols() != n_deltas {
+        return Err(OpError::new(
+            "smelt::run::length_mismatch",
+            format!("{n_deltas} deltas but the score matrix has {} sources", m.cols()),
+        )
+        .with_help("pass the deltas in the order of the matrix's sources (the list `similarity` was given)"));
+    }
+    let target = rows.get(row_of).cloned().unwrap_or_default();
+    let row = m.row(row_of);
+    let keep: Vec<usize> = (0..m.cols())
+        .filter(|&j| {
+            cols.get(j)
+                .is_none_or(|c| *c != target || target.is_empty())
+        })
+        .collect();
+    let scores: Vec<f64> = keep.iter().map(|&j| row[j]).collect();
+    let temperature = given_t
+        .or_else(|| m.meta.get("temperature").and_then(|v| v.as_f64()))
+        .unwrap_or(0.1);
+    let sign = given_s
+        .or_else(|| {
+            m.meta
+                .get("sign")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "positive".into());
+    let w = softmax_weights(&scores, temperature, sign_of(&sign))
+        .map_err(|e| e.context(format!("row `{target}` of the score matrix `{}`", m.what)))?;
+    let mut row_weights = vec![0.0; m.cols()];
+    for (k, &j) in keep.iter().enumerate() {
+        row_weights[j] = w[k];
+    }
+    let record = json!({
+        "scores": scores,
+        "temperature": temperature,
+        "sign": sign,
+        "target": target,
+        "similarity": m.what,
+        "sources": keep.iter().map(|&j| cols.get(j).cloned().unwrap_or_default()).collect::<Vec<_>>(),
+        "all_sources": cols,
+        "row_weights": row_weights,
+    });
+    Ok((w, keep, record))
+}
+
+/// The row of a score matrix the `target` argument names (the only row when not given).
+fn matrix_row(m: &Matrix, args: &Args) -> Result<usize, OpError> {
+    if m.shape.len() != 2 {
+        return Err(OpError::new(
+            "smelt::run::argument",
+            format!("`{}` is not a 2-D target × source matrix", m.what),
+        ));
+    }
+    let rows = &m.axes[0].labels;
+    match args.get("target")? {
+        Value::None if m.rows() == 1 => Ok(0),
+        Value::None => Err(OpError::new(
+            "smelt::run::argument",
+            format!("the score matrix has {} target rows; which one?", m.rows()),
+        )
+        .with_help(format!("add target=NAME, one of: {}", rows.join(", ")))),
+        _ => {
+            let t = args.str("target")?;
+            rows.iter().position(|r| r == t).ok_or_else(|| {
+                OpError::new(
+                    "smelt::run::argument",
+                    format!("`{t}` is not a target of the score matrix"),
+                )
+                .with_help(format!("targets: {}", rows.join(", ")))
+            })
+        }
+    }
 }
 
 impl Operator for Softmax {
@@ -112,21 +220,17 @@ impl Operator for Softmax {
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         let inputs = inputs(args.list("deltas")?, "merge softmax")?;
-        let (weights, mut record) = weights_of(args)?;
         let arts = match &inputs {
             Inputs::Models(a) | Inputs::Adapters(a) => a,
         };
-        if weights.len() != arts.len() {
-            return Err(OpError::new(
-                "smelt::run::length_mismatch",
-                format!("{} deltas but {} scores", arts.len(), weights.len()),
-            ));
-        }
+        let (weights, keep, mut record) = weights_of(args, arts.len())?;
         if let Inputs::Adapters(arts) = &inputs {
             let id = (SIG.id, SIG.version);
-            return run_adapter_merge(cx, args, arts, id, &weights, record);
+            let kept: Vec<_> = keep.iter().map(|&j| arts[j]).collect();
+            return run_adapter_merge(cx, args, &kept, id, &weights, record);
         }
-        let models = args.artifacts("deltas", Kind::Model)?;
+        let all = args.artifacts("deltas", Kind::Model)?;
+        let models: Vec<_> = keep.iter().map(|&j| all[j]).collect();
         let dirs = open_models(&models)?;
         let dtype = out_dtype(args, &dirs[0])?;
         let w32: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
@@ -186,6 +290,7 @@ mod tests {
                 "scores",
                 Value::list(scores.iter().map(|&s| Value::Float(s)).collect()),
             ),
+            ("target", Value::None),
             ("temperature", Value::Float(temperature)),
             ("sign", Value::str(sign)),
             ("dtype", Value::str("auto")),
@@ -329,6 +434,84 @@ mod tests {
             None
         );
         assert!(check("let m = model apply(merge linear([lm, lm], [1.0, 2.0]))").is_some());
+    }
+
+    #[test]
+    fn a_score_matrix_row_drops_the_target_and_brings_its_direction() {
+        use crate::tensors::matrix::{Axis, Matrix};
+        let t = tempfile::tempdir().unwrap();
+        let ms = three_models(t.path());
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let nan = f64::NAN;
+        let m = Matrix::new2(
+            "similarity.loss",
+            Axis::new("target", names.clone()),
+            Axis::new("source", names),
+            vec![nan, 0.3, 0.5, 0.2, nan, 0.6, 0.4, 0.1, nan],
+        )
+        .unwrap()
+        .with_meta("sign", json!("negative"))
+        .with_meta("temperature", json!(0.25));
+        let dir = t.path().join("matrix");
+        m.write(&dir).unwrap();
+        let scores = Value::Artifact(Arc::new(Artifact {
+            kind: Kind::Matrix,
+            dir,
+            key: crate::cache::Key::of_bytes(b"m"),
+            data: m.artifact_data(),
+        }));
+        let margs = |target: Value, temperature: Value| {
+            Args::new(vec![
+                ("deltas", Value::list(ms.clone())),
+                ("scores", scores.clone()),
+                ("target", target),
+                ("temperature", temperature),
+                ("sign", Value::None),
+                ("dtype", Value::str("auto")),
+                ("mode", Value::str("factors")),
+                ("rank", Value::None),
+            ])
+        };
+        let mut cx = OpCtx::for_test(t.path().join("s"), 0);
+        let out = Softmax
+            .run(&mut cx, &margs(Value::str("b"), Value::None))
+            .unwrap();
+        let a = out.as_artifact().unwrap();
+        // Row b: sources a (0.2) and c (0.6), sign negative and τ = 0.25 from the matrix.
+        let (za, zc) = ((-0.2f64 / 0.25).exp(), (-0.6f64 / 0.25).exp());
+        let w = [za / (za + zc), zc / (za + zc)];
+        let rec = &a.data["merge"];
+        assert_eq!(rec["target"], "b");
+        assert_eq!(rec["sign"], "negative");
+        assert_eq!(rec["temperature"], json!(0.25));
+        assert_eq!(rec["sources"], json!(["a", "c"]));
+        let row: Vec<f64> = serde_json::from_value(rec["row_weights"].clone()).unwrap();
+        assert_eq!(row[1], 0.0);
+        assert!((row[0] - w[0]).abs() < 1e-15 && (row[2] - w[1]).abs() < 1e-15);
+        let got = ModelDir::open(&a.dir).unwrap().read_f32("a").unwrap();
+        let (xa, xc) = ([1.0, 2.0, 3.0, 4.0], [-1.0, 4.0, 1.0, 0.0]);
+        for k in 0..4 {
+            let want = w[0] * xa[k] + w[1] * xc[k];
+            assert!((got[k] as f64 - want).abs() < 1e-6, "{got:?}");
+        }
+        // An explicit temperature wins; a missing or unknown target is an error.
+        let mut cx = OpCtx::for_test(t.path().join("t"), 0);
+        let out = Softmax
+            .run(&mut cx, &margs(Value::str("b"), Value::Float(1.0)))
+            .unwrap();
+        assert_eq!(
+            out.as_artifact().unwrap().data["merge"]["temperature"],
+            json!(1.0)
+        );
+        let mut cx = OpCtx::for_test(t.path().join("u"), 0);
+        let e = Softmax
+            .run(&mut cx, &margs(Value::None, Value::None))
+            .unwrap_err();
+        assert!(e.message.contains("3 target rows"), "{}", e.message);
+        let e = Softmax
+            .run(&mut cx, &margs(Value::str("z"), Value::None))
+            .unwrap_err();
+        assert!(e.message.contains("`z` is not a target"), "{}", e.message);
     }
 
     #[test]

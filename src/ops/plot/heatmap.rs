@@ -37,7 +37,7 @@ static SIG: Signature = Signature {
     ],
     returns: Ty::Figure,
     ret_fn: None,
-    examples: &["let s = similarity loss(adapters, tasks)\nplot heatmap(s, title=\"Loss similarity\") to \"loss.svg\""],
+    examples: &["let lm = load model(\"assets/models/minilm-l3-v8k\")\nlet ts = [load task(\"experiments/data/\" + n) for n in [\"movies\", \"restaurants\", \"topics\"]]\nlet loras = [train lora(lm, t, head=prompt) for t in ts]\nplot heatmap(similarity loss(loras, ts), title=\"Loss similarity\") to \"loss.svg\""],
     reference: Some("Lv et al. (ACL 2023), Figure 2 (weights heat map)"),
     determinism: Determinism::Pure,
     kind: OpKind::Node,
