@@ -87,8 +87,8 @@ fn opt_str<'a>(args: &'a Args, name: &str) -> Result<Option<&'a str>, OpError> {
 
 /// The input format, chosen as `evaluate` chooses it: explicit overrides; the format recorded
 /// when the model was trained on this task; `cls` when it has a head for the task; else the
-/// default prompt.
-fn format(
+/// default prompt. Shared with the kernels (`kernel sgd|…`).
+pub(crate) fn format(
     args: &Args,
     pm: &ProbedModel,
     task: &TaskData,

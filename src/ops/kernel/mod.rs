@@ -24,11 +24,12 @@ pub use blocks::{compute, KernelModel, KernelValues};
 
 use crate::data::{Example, TaskData};
 use crate::diag::OpError;
+use crate::ops::estimate::fisher::format;
 use crate::ops::estimate::ProbedModel;
 use crate::ops::evaluate::{P_EHEAD, P_EMAX_LEN, P_ETEMPLATE, P_EWORDS, SPLITS};
 use crate::ops::{Args, Const, OpCtx, Param, Signature};
 use crate::tensors::matrix::{Axis, Matrix};
-use crate::train::feed::{Feed, FormatSpec};
+use crate::train::feed::Feed;
 use crate::types::Ty;
 use crate::value::{Artifact, Kind, Value};
 use serde_json::json;
@@ -100,43 +101,6 @@ pub fn selected(selection: &str, name: &str) -> bool {
 pub(crate) fn lora_error() -> OpError {
     OpError::new(CODE, "`params=lora` is not available: the gradient probes do not tap LoRA factors")
         .with_help("take the kernel of the model with the adapter applied (`model apply`) or of its base, with params=all|biases|no_embeddings|no_head")
-}
-
-fn opt_str<'a>(args: &'a Args, name: &str) -> Result<Option<&'a str>, OpError> {
-    match args.get(name)? {
-        Value::None => Ok(None),
-        _ => args.str(name).map(Some),
-    }
-}
-
-/// The input format, chosen as `evaluate` and `estimate fisher` choose it: explicit
-/// overrides; the format recorded when the model was trained on the task; `cls` when the
-/// model has a head for it; else the default prompt.
-fn format(
-    args: &Args,
-    pm: &ProbedModel,
-    task: &TaskData,
-    has_head: bool,
-) -> Result<FormatSpec, OpError> {
-    let max_len = args.int("max_len")?.max(1) as usize;
-    let (head, template, words) = (
-        args.str("head")?,
-        opt_str(args, "template")?,
-        opt_str(args, "words")?,
-    );
-    let info = crate::nn::peft::io::read_json(&pm.lm.dir.join("smelt.json")).unwrap_or_default();
-    let recorded: Option<FormatSpec> = info["formats"]
-        .get(&task.name)
-        .and_then(|v| serde_json::from_value(v.clone()).ok());
-    let lm = &pm.lm;
-    match (head, template, words, recorded) {
-        ("auto", None, None, Some(r)) => Ok(FormatSpec { max_len, ..r }),
-        ("auto", None, None, None) if has_head => {
-            FormatSpec::resolve(lm, task, "cls", None, None, max_len)
-        }
-        ("auto", None, None, None) => FormatSpec::resolve(lm, task, "prompt", None, None, max_len),
-        (h, t, w, _) => FormatSpec::resolve(lm, task, h, t, w, max_len),
-    }
 }
 
 /// Checks that need no tensors: the refused selection and the binary-only kernel.
