@@ -5,7 +5,10 @@
 //! evaluate down to built-in nodes, so editing a stdlib comment never changes a cache key.
 
 /// `(module name, source)` for every stdlib module.
-pub const MODULES: &[(&str, &str)] = &[("merge", include_str!("../stdlib/merge.exp"))];
+pub const MODULES: &[(&str, &str)] = &[
+    ("merge", include_str!("../stdlib/merge.exp")),
+    ("transfer", include_str!("../stdlib/transfer.exp")),
+];
 
 pub fn names() -> Vec<&'static str> {
     MODULES.iter().map(|(n, _)| *n).collect()

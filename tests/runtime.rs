@@ -284,6 +284,31 @@ fn weight_heatmaps_and_matrix_csv_are_written() {
     assert_eq!(lines[2], "topics,1,0");
 }
 
+#[test]
+fn stdlib_leave_one_out_transfer_runs_from_merged_inits() {
+    // With two tasks each target's only source is the other task's delta, so the merged init
+    // is that delta itself, and zero tuning steps give it back.
+    let t = Scratch::new();
+    let text = format!(
+        "{}use std.transfer\n\
+         let ts = [movies, topics]\n\
+         let ls = [train lora(lm, x, head=prompt, lr=5e-3, max_steps=3, batch=8) for x in ts]\n\
+         let s = similarity loss(ls, ts, examples=8)\n\
+         let inits = loo_inits(ls, ts, s)\n\
+         let zero = loo_lora(lm, ls, ts, s, 1e-3, 0, 1)\n\
+         let tuned = loo_lora(lm, ls, ts, s, 1e-3, 4, 2)\n\
+         let random = loo_lora_random(lm, ts, 1e-3, 4, 2)\n\
+         expect measure score(inits[0], movies) == measure score(ls[1], movies) within 1e-9\n\
+         expect measure score(zero[1], topics) == measure score(ls[0], topics) within 1e-9\n\
+         report [{{merged: measure score(tuned[i], ts[i]), random: measure score(random[i], ts[i])}}\n\
+                 for i in range(2)] as \"loo\"\n",
+        prelude(),
+    );
+    let f = t.write("loo.exp", &text);
+    let o = run_ok(&f, &t.opts("s"));
+    assert_eq!(table(&o, "loo").rows.len(), 2);
+}
+
 /// Runs `call` (one line) after the prelude; returns the rendered error.
 fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
     let f = t.write(
