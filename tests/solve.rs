@@ -163,6 +163,8 @@ let ke = kernel sgd(lm, few, probe, split=train, head=prompt)
 let ps = [solve lstsq(kt, ke, reg=1e-6), solve lstsq(kt, ke, f0=true), solve logistic(kt, ke, folds=2, cs=4), solve svm(kt, ke)]
 report evaluate(ps, metric=[accuracy, mcc]) as "kernel"
 report evaluate(solve lstsq(kt, kt), metric=accuracy) as "fit"
+expect measure score(solve lstsq(kt, kt), few, split=train) == 1.0
+report {{mcc: measure score(ps[3], probe, split=train, metric=mcc)}} as "measured"
 "#,
         repo(MODEL).display(),
         repo("experiments/data/movies").display()
@@ -174,6 +176,11 @@ report evaluate(solve lstsq(kt, kt), metric=accuracy) as "fit"
         assert!((0.0..=1.0).contains(&acc));
         assert_eq!(cell(&out, "kernel", row, "n"), 12.0);
     }
+    // `measure score` of Predictions is `evaluate`'s number.
+    assert_eq!(
+        cell(&out, "measured", 0, "mcc"),
+        cell(&out, "kernel", 3, "mcc")
+    );
     // Kernel regression on its own training kernel interpolates the labels (ridge-free,
     // invertible eNTK of 8 distinct sentences).
     assert_eq!(cell(&out, "fit", 0, "accuracy"), 1.0);

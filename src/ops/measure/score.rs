@@ -7,9 +7,10 @@
 use crate::data::TaskData;
 use crate::diag::OpError;
 use crate::ops::evaluate::{
-    score, wants_text, Overrides, METRICS, P_EBATCH, P_EHEAD, P_EMAX_LEN, P_ETEMPLATE, P_EWORDS,
-    P_MAX_NEW, P_SPLIT, RUNNABLE,
+    score, wants_text, Overrides, EVALUABLE, METRICS, P_EBATCH, P_EHEAD, P_EMAX_LEN, P_ETEMPLATE,
+    P_EWORDS, P_MAX_NEW, P_SPLIT,
 };
+use crate::ops::solve::predictions::Predictions;
 use crate::ops::train::runnable::{runnable_args, Runnable};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::types::Ty;
@@ -21,9 +22,11 @@ static SIG: Signature = Signature {
     id: "measure.score",
     version: 1,
     summary: "One metric of a model or adapter on a task's split, as a number.",
-    doc: "Same input formats and metrics as `evaluate` (accuracy, macro_f1, mcc, ce_loss).",
+    doc: "Same input formats and metrics as `evaluate` (accuracy, macro_f1, mcc, ce_loss, em, \
+          qa_f1, rouge_l). `model` may also be Predictions (from `solve …`): they are scored as \
+          stored, and must be for `task` and `split`.",
     params: &[
-        Param::req("model", RUNNABLE, "A model or an adapter."),
+        Param::req("model", EVALUABLE, "A model or an adapter, or Predictions from `solve …`."),
         Param::req("task", Ty::Task, "The task."),
         Param::opt("metric", Ty::Enum(METRICS), Const::Str("accuracy"), "The metric."),
         P_SPLIT, P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH, P_MAX_NEW,
@@ -44,8 +47,23 @@ impl Operator for Score {
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
-        let model = runnable_args(args.get("model")?, "model")?[0];
         let task = TaskData::from_artifact(args.artifact("task", Kind::Task)?)?;
+        if let Ok(a) = args.artifact("model", Kind::Predictions) {
+            let p = Predictions::from_artifact(a)?;
+            let split = args.str("split")?;
+            if p.task != task.name || p.split != split {
+                return Err(OpError::new(
+                    "smelt::eval::mismatch",
+                    format!(
+                        "the predictions are for `{}` ({} split), not `{}` ({split} split)",
+                        p.task, p.split, task.name
+                    ),
+                )
+                .with_help("pass the task and split the kernel's eval examples came from"));
+            }
+            return Ok(Value::Float(p.metric(args.str("metric")?)?));
+        }
+        let model = runnable_args(args.get("model")?, "model")?[0];
         let run = Runnable::load(model, &cx.device)?;
         let s = score(
             &run,
