@@ -309,6 +309,41 @@ fn stdlib_leave_one_out_transfer_runs_from_merged_inits() {
     assert_eq!(table(&o, "loo").rows.len(), 2);
 }
 
+#[test]
+fn stdlib_transfer_baselines_and_per_block_inits() {
+    // Four tasks, two categories: the manual division of `movies` (category a, with
+    // `restaurants`) is `restaurants`' delta alone; the average baseline of `movies` averages
+    // the other three; a block's GraNd weights give one init per target like any score matrix.
+    let t = Scratch::new();
+    let r = root();
+    let text = format!(
+        "{}use std.transfer\n\
+         let restaurants = load task(\"{}\")\n\
+         let products = load task(\"{}\")\n\
+         let ts = [movies, restaurants, topics, products]\n\
+         let ls = [train lora(lm, x, head=prompt, lr=5e-3, max_steps=2, batch=8) for x in ts]\n\
+         let manual = loo_manual_inits(ls, ts, [\"a\", \"a\", \"b\", \"b\"])\n\
+         let avg = loo_average_inits(ls, ts)\n\
+         let per_block = similarity grand(ls, ts, batches=1, batch=8, granularity=block)\n\
+         let b1 = loo_inits(ls, ts, similarity block(per_block, 1))\n\
+         let tuned = loo_lora_from(lm, b1, ts, 1e-3, 0, 1)\n\
+         expect measure score(manual[0], movies) == measure score(ls[1], movies) within 1e-9\n\
+         expect measure score(avg[0], movies) == measure score(merge average([ls[1], ls[2], ls[3]]), movies) within 1e-9\n\
+         expect measure score(tuned[2], topics) == measure score(b1[2], topics) within 1e-9\n\
+         report [measure score(b1[i], ts[i]) for i in range(4)] as \"block1\"\n",
+        prelude(),
+        r.join("experiments/data/restaurants").display(),
+        r.join("experiments/data/products").display(),
+    );
+    let f = t.write("base.exp", &text);
+    run_ok(&f, &t.opts("s"));
+    // A target alone in its category has no sources.
+    let lone = text.replace("[\"a\", \"a\", \"b\", \"b\"]", "[\"a\", \"b\", \"b\", \"b\"]");
+    let f = t.write("lone.exp", &lone);
+    let e = run_err(&f, &t.opts("s2"));
+    assert!(e.contains("loo_manual_inits") || e.contains("merge average"), "{e}");
+}
+
 /// Runs `call` (one line) after the prelude; returns the rendered error.
 fn bad(t: &Scratch, name: &str, extra: &str, call: &str) -> String {
     let f = t.write(

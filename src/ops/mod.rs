@@ -180,6 +180,8 @@ pub fn builtin_registry() -> Registry {
     r.add(similarity::euclidean::SimilarityEuclidean);
     r.add(similarity::performance::SimilarityPerformance);
     r.add(similarity::weights::Weights);
+    r.add(similarity::block::SimilarityBlock);
+    r.add(similarity::block_cosine::SimilarityBlockCosine);
     // Measurements.
     r.add(measure::distance::Distance);
     r.add(measure::score::Score);

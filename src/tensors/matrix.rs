@@ -172,6 +172,37 @@ impl Matrix {
         &self.values[i * c..(i + 1) * c]
     }
 
+    /// Entry `i` along the first axis: a rank-(r−1) matrix with the remaining axes, the same
+    /// metadata plus `<axis name>: <label or index>` (side arrays are not carried over).
+    pub fn slice(&self, i: usize) -> Result<Matrix, OpError> {
+        let (Some(&len), Some(axis)) = (self.shape.first(), self.axes.first()) else {
+            return Err(OpError::new(
+                CODE,
+                format!("`{}` has no axis to slice", self.what),
+            ));
+        };
+        if self.shape.len() < 2 || i >= len {
+            return Err(OpError::new(
+                CODE,
+                format!(
+                    "cannot take entry {i} of the `{}` axis of `{}` (shape {:?})",
+                    axis.name, self.what, self.shape
+                ),
+            ));
+        }
+        let step: usize = self.shape[1..].iter().product();
+        let label = axis.labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let mut m = Matrix::new(
+            self.what.clone(),
+            self.shape[1..].to_vec(),
+            self.axes[1..].to_vec(),
+            self.values[i * step..(i + 1) * step].to_vec(),
+        )?;
+        m.meta = self.meta.clone();
+        m.meta.insert(axis.name.clone(), json!(label));
+        Ok(m)
+    }
+
     /// Writes `matrix.safetensors` and `matrix.json` into `dir` (created if missing).
     pub fn write(&self, dir: &Path) -> Result<(), OpError> {
         self.validate()?;

@@ -333,6 +333,33 @@ impl Feed {
         pad_batch(&encs, self.pad_id, model.device())
     }
 
+    /// The output of every block for the inputs of the examples `idx` (the embedding output
+    /// excluded: entry `l` is block `l`'s output, `[b, T, H]`), with each row's unpadded length.
+    pub fn block_states(
+        &self,
+        model: &LoadedModel,
+        idx: &[usize],
+    ) -> Result<(Vec<Tensor>, Vec<usize>), OpError> {
+        let batch = self.batch(idx, true, model)?;
+        let mut states = match &model.model {
+            Model::Bert(b) => {
+                b.forward_all(
+                    &batch.ids,
+                    Some(&batch.type_ids),
+                    Some(&batch.attention_mask),
+                    true,
+                )?
+                .hidden_states
+            }
+            Model::Llama(l) => {
+                l.forward_hidden(&batch.ids, Some(&batch.attention_mask), true)?
+                    .hidden_states
+            }
+        };
+        states.remove(0);
+        Ok((states, batch.lengths))
+    }
+
     /// Class scores `[b, C]` of the examples `idx` (restricted logits or head logits).
     pub fn logits(
         &self,

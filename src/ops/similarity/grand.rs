@@ -14,6 +14,7 @@
 //! (the delta is re-installed with that seed and its loaded values copied in), so the score is
 //! reproducible and changes with `config { seed }`; with a dropout of 0 both modes agree.
 
+use super::granular::{self, GRANULARITIES};
 use super::{delta_of, format_for, named_vars, overrides, p_sign, p_temperature, Pairs};
 use super::{FORMAT_PARAMS, P_ADAPTERS, P_SPLIT, P_TASKS};
 use crate::data::TaskData;
@@ -43,12 +44,15 @@ static SIG: Signature = Signature {
           parameters. Paper 2: batch 50, B_i = 10 (6 for the binary tasks boolq and mc_taco). \
           `mode=eval` (default) is deterministic; `mode=train` turns the delta's own dropout on (the \
           paper's setting; the base models here have no dropout). Diagonal NaN. Lower is more \
-          similar: recorded `sign=negative`, τ = 0.1. Adapters only.",
+          similar: recorded `sign=negative`, τ = 0.1. Adapters only. `granularity=block|layer` \
+          scores each transformer block (or adapted sub-layer) separately — paper 2's module \
+          importance analysis — as a [group, target, source] array.",
     params: &[
         P_ADAPTERS, P_TASKS, P_SPLIT,
         Param::opt("batches", Ty::Int, Const::Int(10), "Dev batches B_i summed over (paper 2: 10; 6 for binary tasks).").range(1.0, 1e9),
         Param::opt("batch", Ty::Int, Const::Int(50), "Examples per dev batch (paper 2: 50); 1 = per-example GraNd.").range(1.0, 1e6),
         Param::opt("mode", Ty::Enum(MODES), Const::Str("eval"), "`eval`: no dropout (deterministic); `train`: the delta's dropout on, as the paper."),
+        Param::opt("granularity", Ty::Enum(GRANULARITIES), Const::Str("model"), "`model`: one score over the whole delta; `block`: one per transformer block, Σ_b √(Σ_{block's tensors} ‖∇‖²); `layer`: one per adapted sub-layer (LoRA module or bottleneck adapter). Block/layer give a [block|layer, target, source] array (methods.md §2.7); take a slice with `similarity block`."),
         p_sign("negative"), p_temperature(0.1),
         FORMAT_PARAMS[0], FORMAT_PARAMS[1], FORMAT_PARAMS[2], FORMAT_PARAMS[3],
     ],
@@ -75,8 +79,10 @@ impl Operator for SimilarityGrand {
         let batches = args.int("batches")?.max(1) as usize;
         let batch = args.int("batch")?.max(1) as usize;
         let train = args.str("mode")? == "train";
+        let granularity = args.str("granularity")?;
         let n = pairs.n();
-        let mut values = vec![f64::NAN; n * n];
+        let mut groups: Option<Vec<(String, Vec<usize>)>> = None;
+        let mut values: Vec<Vec<f64>> = Vec::new();
         for (j, src) in pairs.sources.iter().enumerate() {
             let mut run = Runnable::load(src, &cx.device)?;
             if train {
@@ -85,14 +91,49 @@ impl Operator for SimilarityGrand {
                     cx.seed ^ (j as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 )?;
             }
+            let names: Vec<String> = named_vars(delta_of(&run, SIG.id)?)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let g = granular::groups(&names, granularity)?;
+            match &groups {
+                None => {
+                    values = vec![vec![f64::NAN; n * n]; g.len()];
+                    groups = Some(g);
+                }
+                Some(first) if *first != g => {
+                    return Err(OpError::new(
+                        "smelt::run::granularity",
+                        format!(
+                            "source {} has other {granularity}s than source {}",
+                            pairs.labels[j], pairs.labels[0]
+                        ),
+                    )
+                    .with_help("per-block scores need deltas of one configuration"));
+                }
+                Some(_) => {}
+            }
+            let idx: Vec<&[usize]> = groups.iter().flatten().map(|(_, ix)| &ix[..]).collect();
             for i in (0..n).filter(|&i| i != j) {
-                values[i * n + j] = grand(&run, &pairs.tasks[i], split, batches, batch, train, &o)
-                    .map_err(|e| {
-                        e.context(format!(
-                            "scoring source {} on target {}",
-                            pairs.labels[j], pairs.labels[i]
-                        ))
-                    })?;
+                let s = grand(
+                    &run,
+                    &pairs.tasks[i],
+                    split,
+                    batches,
+                    batch,
+                    train,
+                    &o,
+                    &idx,
+                )
+                .map_err(|e| {
+                    e.context(format!(
+                        "scoring source {} on target {}",
+                        pairs.labels[j], pairs.labels[i]
+                    ))
+                })?;
+                for (g, v) in s.into_iter().enumerate() {
+                    values[g][i * n + j] = v;
+                }
             }
         }
         let mut meta = serde_json::Map::new();
@@ -101,11 +142,27 @@ impl Operator for SimilarityGrand {
         meta.insert("batches".into(), json!(batches));
         meta.insert("batch".into(), json!(batch));
         meta.insert("mode".into(), json!(args.str("mode")?));
-        super::matrix_value(cx, SIG.id, &pairs.labels, values, args, meta)
+        let labels = groups
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        super::granular_value(
+            cx,
+            SIG.id,
+            granularity,
+            labels,
+            &pairs.labels,
+            values,
+            args,
+            meta,
+        )
     }
 }
 
-/// `Σ_b ‖∇_δ L_b‖₂` of one source on one target.
+/// `Σ_b ‖∇_{δ_g} L_b‖₂` of one source on one target, for every group `g` of the delta's
+/// tensors (indices into its `named_vars`).
+#[allow(clippy::too_many_arguments)]
 fn grand(
     run: &Runnable,
     task: &TaskData,
@@ -114,7 +171,8 @@ fn grand(
     batch: usize,
     train: bool,
     o: &Overrides,
-) -> Result<f64, OpError> {
+    groups: &[&[usize]],
+) -> Result<Vec<f64>, OpError> {
     let delta = delta_of(run, SIG.id)?;
     let all = task.split(split);
     let take = all.len().min(batches * batch);
@@ -126,24 +184,26 @@ fn grand(
     }
     let feed = Feed::new(&run.lm, &format_for(run, task, o)?, task, &all[..take])?;
     let head = run.head(&task.name)?;
-    let vars = delta.vars();
+    let vars: Vec<Var> = named_vars(delta).into_iter().map(|(_, v)| v).collect();
     delta.set_training(train);
     let idx: Vec<usize> = (0..take).collect();
-    let mut total = 0.0;
+    let mut total = vec![0.0; groups.len()];
     for chunk in idx.chunks(batch) {
         let loss = feed.loss(&run.lm, head.as_ref(), chunk)?.mean_all()?;
         let grads = loss.backward()?;
-        let mut sq = 0.0;
-        for v in &vars {
+        let mut sq = vec![0.0; vars.len()];
+        for (k, v) in vars.iter().enumerate() {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sq += g
+                sq[k] = g
                     .to_dtype(DType::F64)?
                     .sqr()?
                     .sum_all()?
                     .to_scalar::<f64>()?;
             }
         }
-        total += sq.sqrt();
+        for (t, g) in total.iter_mut().zip(groups) {
+            *t += g.iter().map(|&k| sq[k]).sum::<f64>().sqrt();
+        }
     }
     delta.set_training(false);
     Ok(total)
@@ -216,6 +276,7 @@ mod tests {
                 ("batches", Value::Int(batches)),
                 ("batch", Value::Int(batch)),
                 ("mode", Value::str(mode)),
+                ("granularity", Value::str("model")),
                 ("sign", Value::str("negative")),
                 ("temperature", Value::Float(0.1)),
             ],
@@ -334,6 +395,54 @@ mod tests {
                 assert!(three.get(i, j) > m.get(i, j));
             }
         }
+    }
+
+    /// With one batch, ‖∇‖² is the sum of the groups' squared norms, for blocks and for
+    /// sub-layers alike; the groups are the small encoder's 3 blocks and 6 LoRA modules.
+    #[test]
+    fn block_and_layer_scores_split_the_gradient_norm() {
+        let t = tempfile::tempdir().unwrap();
+        let (deltas, tasks) = setup(t.path());
+        let run = |dir: &str, g: &str| {
+            let a = args(
+                &deltas,
+                &tasks,
+                vec![
+                    ("split", Value::str("dev")),
+                    ("batches", Value::Int(1)),
+                    ("batch", Value::Int(20)),
+                    ("mode", Value::str("eval")),
+                    ("granularity", Value::str(g)),
+                    ("sign", Value::str("negative")),
+                    ("temperature", Value::Float(0.1)),
+                ],
+            );
+            matrix(
+                &SimilarityGrand
+                    .run(&mut OpCtx::for_test(t.path().join(dir), 0), &a)
+                    .unwrap(),
+            )
+        };
+        let whole = run("m", "model");
+        for (g, groups) in [("block", 3), ("layer", 6)] {
+            let per = run(g, g);
+            assert_eq!(per.shape, vec![groups, 3, 3]);
+            assert_eq!(per.axes[0].name, g);
+            assert_eq!(per.meta["granularity"], g);
+            for i in 0..3 {
+                for j in (0..3).filter(|&j| j != i) {
+                    let sq: f64 = (0..groups)
+                        .map(|b| per.slice(b).unwrap().get(i, j).powi(2))
+                        .sum();
+                    let want = whole.get(i, j);
+                    assert!((sq.sqrt() - want).abs() < 1e-4 * want, "{g} ({i},{j})");
+                }
+            }
+        }
+        assert_eq!(
+            run("b2", "block").axes[0].labels,
+            vec!["block 0", "block 1", "block 2"]
+        );
     }
 
     #[test]

@@ -22,11 +22,14 @@
 //! Shared here: the parameters, the (target, source) loop, the target feed, class
 //! probabilities and the matrix writer.
 
+pub mod block;
+pub mod block_cosine;
 pub mod cosine_logits;
 pub mod cosine_weights;
 pub mod el2n;
 pub mod euclidean;
 pub mod grand;
+pub mod granular;
 pub mod kl;
 pub mod loss;
 pub mod performance;
@@ -41,7 +44,6 @@ use crate::ops::evaluate::{
 use crate::ops::merge::softmax::SIGNS;
 use crate::ops::train::runnable::{runnable_args, Runnable};
 use crate::ops::{Args, Const, OpCtx, Param};
-use crate::tensors::matrix::{Axis, Matrix};
 use crate::train::classify::ClsHead;
 use crate::train::delta::Delta;
 use crate::train::feed::{Feed, FormatSpec};
@@ -328,6 +330,23 @@ pub fn matrix_value(
     labels: &[String],
     values: Vec<f64>,
     args: &Args,
+    meta: serde_json::Map<String, serde_json::Value>,
+) -> Result<Value, OpError> {
+    granular_value(cx, what, "model", vec![], labels, vec![values], args, meta)
+}
+
+/// As [`matrix_value`] for one score matrix per group of a granularity
+/// ([`granular::GRANULARITIES`]): `model` gives the target × source matrix, `block`/`layer` a
+/// `[group, target, source]` array whose slices `similarity block` takes out.
+#[allow(clippy::too_many_arguments)]
+pub fn granular_value(
+    cx: &OpCtx,
+    what: &str,
+    granularity: &str,
+    groups: Vec<String>,
+    labels: &[String],
+    per_group: Vec<Vec<f64>>,
+    args: &Args,
     mut meta: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Value, OpError> {
     let temperature = args.float("temperature")?;
@@ -343,12 +362,8 @@ pub fn matrix_value(
         "columns".into(),
         json!("source delta j, labelled by the task it was trained on"),
     );
-    let mut m = Matrix::new2(
-        what,
-        Axis::new("target", labels.to_vec()),
-        Axis::new("source", labels.to_vec()),
-        values,
-    )?;
+    meta.insert("granularity".into(), json!(granularity));
+    let mut m = granular::stack(what, granularity, groups, labels, per_group)?;
     m.meta = meta;
     let dir = cx.out_dir.join("matrix");
     m.write(&dir)?;
