@@ -431,13 +431,11 @@ impl<'a> Evaluator<'a> {
         args: &[Arg],
         span: crate::source::Span,
     ) -> Result<Value, Diagnostic> {
-        if let Callee::Name(n) = callee {
-            if let Some(def) = self.defs.get(&n.name).cloned() {
-                return self.call_def(&def, args, span);
-            }
+        let id = callee.dotted();
+        if let Some(def) = self.defs.get(&id).cloned() {
+            return self.call_def(&def, args, span);
         }
         let reg = self.reg;
-        let id = callee.dotted();
         let op = reg
             .get(&id)
             .ok_or_else(|| internal(format!("unknown operator `{id}`"), span))?;

@@ -193,6 +193,18 @@ impl Checker<'_> {
                 body,
                 doc,
             } => {
+                if name.name.contains('.') && self.lookup.sig(&name.name).is_some() {
+                    let (verb, method) = name.name.split_once('.').unwrap_or_default();
+                    self.err(
+                        Diagnostic::error(
+                            "smelt::check::duplicate_def",
+                            format!("`{verb} {method}` is a built-in operator"),
+                            name.span,
+                        )
+                        .with_label("defined again here")
+                        .with_help("choose another method name"),
+                    );
+                }
                 if self.env.defs.contains_key(&name.name) && !self.opts.allow_rebind {
                     let first = self.env.defs[&name.name].span;
                     self.err(
@@ -300,6 +312,7 @@ impl Checker<'_> {
                         | Type::Fisher
                         | Type::Table
                         | Type::Matrix
+                        | Type::Partition
                         | Type::Figure
                         | Type::Unknown
                 ) {

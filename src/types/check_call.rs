@@ -14,10 +14,9 @@ use std::collections::HashMap;
 impl Checker<'_> {
     pub(super) fn call(&mut self, callee: &Callee, args: &[Arg], span: Span) -> Type {
         let dotted = callee.dotted();
-        if let Callee::Name(n) = callee {
-            if let Some(def) = self.env.defs.get(&n.name).cloned() {
-                return self.call_def(&def, args, span);
-            }
+        // A plain name, or `VERB METHOD` naming a `def VERB METHOD(…)` composition.
+        if let Some(def) = self.env.defs.get(&dotted).cloned() {
+            return self.call_def(&def, args, span);
         }
         match self.lookup.sig(&dotted) {
             Some(sig) => self.call_op(sig, args, span),

@@ -59,12 +59,22 @@ impl Cx<'_> {
     fn def(&self, p: Pair<'_, Rule>) -> PResult<Stmt> {
         let (_, hi) = tight(&p);
         let mut lo = p.as_span().start();
-        let (mut doc, mut name, mut params, mut body) = (None, None, Vec::new(), None);
+        let (mut doc, mut name, mut params, mut body) = (None, None::<Ident>, Vec::new(), None);
         for c in p.into_inner() {
             match c.as_rule() {
                 Rule::doc_block => doc = self.doc(c),
                 Rule::kw_def => lo = c.as_span().start(),
-                Rule::ident => name = Some(self.ident(c)),
+                // `def VERB METHOD(…)` names the def `VERB.METHOD`.
+                Rule::ident => {
+                    let m = self.ident(c);
+                    name = Some(match name.take() {
+                        None => m,
+                        Some(v) => Ident {
+                            name: format!("{}.{}", v.name, m.name),
+                            span: v.span.to(m.span),
+                        },
+                    });
+                }
                 Rule::param => params.push(self.param(c)?),
                 Rule::expr => body = Some(self.expr(c)?),
                 Rule::block => body = Some(self.nested(1, &c.clone(), || self.block(c))?),
