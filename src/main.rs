@@ -106,6 +106,9 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Diagnostic> {
         .collect()
 }
 
+/// Exit status of `smelt run` when the run completed but an `expect` does not hold.
+const EXIT_EXPECT_FAILED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let color = std::io::stderr().is_terminal();
@@ -150,7 +153,10 @@ fn main() -> ExitCode {
                     if outcome.failed.is_empty() {
                         ExitCode::SUCCESS
                     } else {
-                        fail(&session, &outcome.failed)
+                        // Everything ran and was recorded; only claims failed: exit 3, so
+                        // scripts can tell a failed claim from an error (exit 1).
+                        fail(&session, &outcome.failed);
+                        ExitCode::from(EXIT_EXPECT_FAILED)
                     }
                 }
             }

@@ -20,6 +20,11 @@ impl Table {
             Value::Artifact(a) if a.kind == Kind::Table => {
                 Table::from_json(&a.data).unwrap_or_else(|| cell(v))
             }
+            Value::Artifact(a) if a.kind == Kind::Partition => {
+                crate::tensors::partition::Partition::from_json(&a.data)
+                    .map(|p| p.table())
+                    .unwrap_or_else(|| cell(v))
+            }
             Value::Record(r) => Table {
                 columns: r.keys().cloned().collect(),
                 rows: vec![r.values().map(flat).collect()],

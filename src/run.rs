@@ -227,6 +227,14 @@ pub fn save(v: &Value, dest: &Path) -> Result<(), OpError> {
             let svg = std::fs::read(a.dir.join(crate::ops::plot::FIGURE_FILE))?;
             crate::cache::atomic_write(dest, &svg)
         }
+        // A partition: its `partition.json` for `.json`, else its table (group, size, tasks).
+        Value::Artifact(a) if a.kind == Kind::Partition => match dest.extension() {
+            Some(e) if e == "json" => {
+                let text = serde_json::to_string_pretty(&a.data).unwrap_or_default();
+                crate::cache::atomic_write(dest, text.as_bytes())
+            }
+            _ => write_table(&Table::from_value(v), dest),
+        },
         Value::Artifact(a) if a.kind == Kind::Matrix => match dest.extension() {
             Some(e) if e == "csv" => write_matrix_csv(a, dest),
             _ => copy_dir_atomic(&a.dir, dest),

@@ -8,6 +8,8 @@
 pub const MODULES: &[(&str, &str)] = &[
     ("merge", include_str!("../stdlib/merge.exp")),
     ("transfer", include_str!("../stdlib/transfer.exp")),
+    ("affinity", include_str!("../stdlib/affinity.exp")),
+    ("kernel", include_str!("../stdlib/kernel.exp")),
 ];
 
 pub fn names() -> Vec<&'static str> {

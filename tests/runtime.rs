@@ -338,10 +338,16 @@ fn stdlib_transfer_baselines_and_per_block_inits() {
     let f = t.write("base.exp", &text);
     run_ok(&f, &t.opts("s"));
     // A target alone in its category has no sources.
-    let lone = text.replace("[\"a\", \"a\", \"b\", \"b\"]", "[\"a\", \"b\", \"b\", \"b\"]");
+    let lone = text.replace(
+        "[\"a\", \"a\", \"b\", \"b\"]",
+        "[\"a\", \"b\", \"b\", \"b\"]",
+    );
     let f = t.write("lone.exp", &lone);
     let e = run_err(&f, &t.opts("s2"));
-    assert!(e.contains("loo_manual_inits") || e.contains("merge average"), "{e}");
+    assert!(
+        e.contains("loo_manual_inits") || e.contains("merge average"),
+        "{e}"
+    );
 }
 
 /// Runs `call` (one line) after the prelude; returns the rendered error.

@@ -185,3 +185,218 @@ report {{mcc: measure score(ps[3], probe, split=train, metric=mcc)}} as "measure
     // invertible eNTK of 8 distinct sentences).
     assert_eq!(cell(&out, "fit", 0, "accuracy"), 1.0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Linear probing (`solve probe`, `solve probe_head`; methods.md §4.6) on the committed encoder.
+// ---------------------------------------------------------------------------------------------
+
+mod probing {
+    use super::{cell, repo, run_text, MODEL};
+    use candle_core::Device;
+    use nalgebra::DMatrix;
+    use smelt::data::{kshot, ReadOptions, TaskData};
+    use smelt::ops::data::task_artifact;
+    use smelt::ops::estimate::ProbedModel;
+    use smelt::ops::solve::features::features;
+    use smelt::ops::solve::logistic_fit;
+    use smelt::ops::solve::predictions::Predictions;
+    use smelt::ops::solve::{probe::Probe, probe_head::ProbeHead};
+    use smelt::ops::{Args, OpCtx, Operator};
+    use smelt::train::feed::{Feed, FormatSpec};
+    use smelt::value::{Artifact, Kind, Value};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// 8 shots per label of the committed `movies` task, as a Task artifact under `dir`.
+    fn few(dir: &Path) -> (TaskData, Value) {
+        let t = TaskData::open(&repo("experiments/data/movies"), &ReadOptions::default()).unwrap();
+        let few = kshot(&t, 8, 13).unwrap();
+        let cx = OpCtx::for_test(dir.to_path_buf(), 0);
+        let key = smelt::cache::Key::of_bytes(b"movies-8-13");
+        let a = task_artifact(&cx, &few, "task", key).unwrap();
+        (few, Value::Artifact(Arc::new(a)))
+    }
+
+    fn model_value(dir: &Path) -> Value {
+        Value::Artifact(Arc::new(Artifact {
+            kind: Kind::Model,
+            dir: dir.to_path_buf(),
+            key: smelt::cache::Key::of_bytes(dir.to_string_lossy().as_bytes()),
+            data: serde_json::Value::Null,
+        }))
+    }
+
+    fn args(model: &Value, task: &Value, head: &str, c: f64, split: &str) -> Args {
+        Args::new(vec![
+            ("model", model.clone()),
+            ("train", task.clone()),
+            ("eval", task.clone()),
+            ("split", Value::Str(split.into())),
+            ("c", Value::Float(c)),
+            ("cs", Value::Int(10)),
+            ("folds", Value::Int(5)),
+            ("batch", Value::Int(8)),
+            ("head", Value::Str(head.into())),
+            ("template", Value::None),
+            ("words", Value::None),
+            ("max_len", Value::Int(128)),
+        ])
+    }
+
+    fn run(op: &dyn Operator, a: &Args, out: &Path) -> Value {
+        let mut cx = OpCtx::for_test(out.to_path_buf(), 0);
+        op.run(&mut cx, a)
+            .unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
+    #[test]
+    fn the_probe_equals_an_independent_logistic_fit_on_the_same_features() {
+        let d = tempfile::tempdir().unwrap();
+        let (task, tv) = few(d.path());
+        let mv = model_value(&repo(MODEL));
+        let c = 0.5;
+        let v = run(
+            &Probe,
+            &args(&mv, &tv, "prompt", c, "test"),
+            &d.path().join("p"),
+        );
+        let p = Predictions::from_artifact(v.as_artifact().unwrap()).unwrap();
+        assert_eq!(p.scores.len(), task.split("test").len());
+        assert_eq!(p.label, "probe(prompt)");
+        // The features, checked against the model's own prompt logits: the committed encoder
+        // has no MLM transform, so its label-word logits are features · E[word]ᵀ.
+        let pm = ProbedModel::load(&repo(MODEL), &Device::Cpu).unwrap();
+        let spec = FormatSpec::resolve(&pm.lm, &task, "prompt", None, None, 128).unwrap();
+        let x_tr = features(&pm.lm, &spec, &task, task.train(), 8).unwrap();
+        let x_te = features(&pm.lm, &spec, &task, task.split("test"), 8).unwrap();
+        let feed = Feed::new(&pm.lm, &spec, &task, task.train()).unwrap();
+        let logits = feed.all_logits(&pm.lm, None, 8).unwrap();
+        let emb = pm
+            .params
+            .iter()
+            .find(|(n, _)| n == "embeddings.word_embeddings.weight")
+            .unwrap()
+            .1
+            .to_vec2::<f32>()
+            .unwrap();
+        let tok = pm.lm.tokenizer().unwrap();
+        for (w, word) in spec.words.iter().enumerate() {
+            let id = smelt::data::verbalizer::word_id(tok, word).unwrap() as usize;
+            for i in 0..task.train().len() {
+                let dot: f64 = (0..x_tr.ncols())
+                    .map(|j| x_tr[(i, j)] * emb[id][j] as f64)
+                    .sum();
+                assert!((dot - logits[i][w] as f64).abs() < 1e-3, "logit {i},{w}");
+            }
+        }
+        // Independent fit: the two-class softmax with ‖W‖²/(2C) is binary logistic regression
+        // on v = w₁ − w₀ with ‖v‖²/(2·2C) (its optimum has w₀ = −w₁), in all 384 dimensions.
+        let y: Vec<f64> = task.train().iter().map(|e| e.label as f64).collect();
+        let m = logistic_fit::fit(&x_tr, &y, &vec![0.0; y.len()], 2.0 * c, None);
+        let z = m.decision(&x_te, &vec![0.0; x_te.nrows()]);
+        let (gw, gb) = logistic_fit::gradient(&x_tr, &y, &vec![0.0; y.len()], 2.0 * c, &m.w, m.b);
+        assert!(gw.amax() < 1e-6 && gb.abs() < 1e-6);
+        for (row, want) in p.scores.iter().zip(&z) {
+            assert!(
+                (row[1] - row[0] - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "{} vs {want}",
+                row[1] - row[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_weakly_regularised_probe_separates_its_training_set() {
+        let d = tempfile::tempdir().unwrap();
+        let (task, tv) = few(d.path());
+        let mv = model_value(&repo(MODEL));
+        for head in ["prompt", "cls"] {
+            let out = d.path().join(head);
+            let v = run(&Probe, &args(&mv, &tv, head, 1e4, "train"), &out);
+            let p = Predictions::from_artifact(v.as_artifact().unwrap()).unwrap();
+            assert_eq!(p.gold.len(), task.train().len());
+            assert_eq!(p.metric("accuracy").unwrap(), 1.0, "{head}");
+            assert_eq!(p.meta["train_accuracy"], serde_json::json!(1.0));
+        }
+    }
+
+    #[test]
+    fn probe_head_writes_the_probe_as_the_models_cls_head() {
+        let d = tempfile::tempdir().unwrap();
+        let (task, tv) = few(d.path());
+        let mv = model_value(&repo(MODEL));
+        let c = 2.0;
+        let v = run(
+            &Probe,
+            &args(&mv, &tv, "cls", c, "test"),
+            &d.path().join("p"),
+        );
+        let p = Predictions::from_artifact(v.as_artifact().unwrap()).unwrap();
+        let a = Args::new(vec![
+            ("model", mv.clone()),
+            ("train", tv.clone()),
+            ("c", Value::Float(c)),
+            ("cs", Value::Int(10)),
+            ("folds", Value::Int(5)),
+            ("batch", Value::Int(8)),
+            ("max_len", Value::Int(128)),
+        ]);
+        let m = run(&ProbeHead, &a, &d.path().join("h"));
+        let dir = m.as_artifact().unwrap().dir.clone();
+        assert!(dir.join("heads.safetensors").is_file() && dir.join("smelt.json").is_file());
+        // The head, read back as the kernels read it, gives the probe's logits (f32 head).
+        let pm = ProbedModel::load(&dir, &Device::Cpu).unwrap();
+        let (head, w, _) = pm.head(&task.name).unwrap().expect("a head");
+        assert_eq!(w, "classifier.weight");
+        let spec = FormatSpec::resolve(&pm.lm, &task, "cls", None, None, 128).unwrap();
+        let feed = Feed::new(&pm.lm, &spec, &task, task.split("test")).unwrap();
+        let z = feed.all_logits(&pm.lm, Some(&head), 8).unwrap();
+        for (got, want) in z.iter().zip(&p.scores) {
+            for k in 0..2 {
+                assert!(
+                    (got[k] as f64 - want[k]).abs() < 1e-3,
+                    "{got:?} vs {want:?}"
+                );
+            }
+        }
+        // Independent of the above: the head applied to the cls features by hand.
+        let x = features(&pm.lm, &spec, &task, task.split("test"), 8).unwrap();
+        let wt = head.weight.as_tensor().to_vec2::<f32>().unwrap();
+        let bt = head.bias.as_tensor().to_vec1::<f32>().unwrap();
+        let wm = DMatrix::from_fn(2, x.ncols(), |i, j| wt[i][j] as f64);
+        let hand = &x * wm.transpose();
+        for (i, row) in p.scores.iter().enumerate() {
+            for k in 0..2 {
+                assert!((hand[(i, k)] + bt[k] as f64 - row[k]).abs() < 1e-3);
+            }
+        }
+    }
+
+    #[test]
+    fn probes_and_the_std_helper_run_in_a_program() {
+        let d = tempfile::tempdir().unwrap();
+        let program = format!(
+            r#"
+let lm = load model("{}")
+let t = load task("{}")
+let splits = [data kshot(t, k=8, seed=s) for s in [13, 21]]
+let accs = [measure score(solve probe(lm, f, f, head=prompt), f) for f in splits]
+let np = [solve probe_head(lm, f, cs=4) for f in splits]
+let ks = [measure score(solve logistic(kernel sgd(m, f, f, split=train, head=cls, block=16), kernel sgd(m, f, f, head=cls, block=16), cs=4), f) for (m, f) in zip(np, splits)]
+report {{mean: mean(accs), std: std(accs), hand: ((accs[0] - accs[1]) * (accs[0] - accs[1]) / 4.0), np: mean(ks)}} as "probe"
+"#,
+            repo(MODEL).display(),
+            repo("experiments/data/movies").display()
+        );
+        let out = run_text(d.path(), &program).unwrap_or_else(|e| panic!("{e}"));
+        let (s, var) = (
+            cell(&out, "probe", 0, "std"),
+            cell(&out, "probe", 0, "hand"),
+        );
+        // Population std of two numbers is |a − b| / 2.
+        assert!((s * s - var).abs() < 1e-12);
+        let (m, np) = (cell(&out, "probe", 0, "mean"), cell(&out, "probe", 0, "np"));
+        eprintln!("probe accuracy {m}, no-prompt kernel accuracy {np}");
+        assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&np));
+    }
+}

@@ -20,7 +20,10 @@
 //!
 //! Per-example gradients: with a [`Probe`] in `probe`, the frozen output `x Wᵀ + b` gets a zero
 //! probe variable added and the input recorded (see [`crate::nn::probe`]), before any LoRA delta
-//! or output hook, so the probe measures `∂L/∂(x Wᵀ + b)`.
+//! or output hook, so the probe measures `∂L/∂(x Wᵀ + b)`. The LoRA factors are probed on
+//! their own path (`u = x Aᵀ`, then `(s·u) Bᵀ`; PEFT's dropout hook applies first, so in eval
+//! mode `x` itself), and the layer reports its final output to [`Probe::output`] (kept only
+//! when the probe watches this weight, e.g. the full-vocabulary logits of an LM head).
 
 use crate::nn::probe::Probe;
 use crate::nn::quant::{QuantBits, QuantTensor};
@@ -73,6 +76,14 @@ impl LoraDelta {
     fn forward_2d(&self, x: &Tensor) -> Result<Tensor> {
         let xa = x.matmul(&self.a.t()?)?;
         xa.matmul(&self.b.t()?)? * self.scale
+    }
+
+    /// [`LoraDelta::forward_2d`] with both factors probed: `u = x Aᵀ` (weight `A`, input `x`)
+    /// and `z = (s·u) Bᵀ` (weight `B`, input `s·u`), see [`crate::nn::probe`].
+    fn forward_probed(&self, x: &Tensor, probe: &Probe) -> Result<Tensor> {
+        let u = probe.lora(&x.matmul(&self.a.t()?)?, x, &self.a)?;
+        let su = (u * self.scale)?;
+        probe.lora(&su.matmul(&self.b.t()?)?, &su, &self.b)
     }
 
     /// `scale · B · A`, shape `[out, in]`.
@@ -195,13 +206,20 @@ impl Linear {
             y = p.linear(&y, &x2, &self.weight, self.bias.as_ref())?;
         }
         if let Some(l) = &self.lora {
-            y = match &self.lora_input {
-                Some(h) => (y + l.forward_2d(&(h.0)(&x2)?)?)?,
-                None => (y + l.forward_2d(&x2)?)?,
+            let xl = match &self.lora_input {
+                Some(h) => (h.0)(&x2)?,
+                None => x2.clone(),
+            };
+            y = match &self.probe {
+                Some(p) => (y + l.forward_probed(&xl, p)?)?,
+                None => (y + l.forward_2d(&xl)?)?,
             };
         }
         if let Some(h) = &self.output {
             y = (h.0)(&y)?;
+        }
+        if let Some(p) = &self.probe {
+            p.output(&self.weight, &y);
         }
         unflatten(y, &lead)
     }

@@ -18,6 +18,14 @@
 //! named by their tensor's [`TensorId`]; tied weights (a decoder sharing the embedding matrix)
 //! therefore add up before squaring, as in one ordinary backward.
 //!
+//! LoRA factors are tapped too ([`Probe::lora`], called by `nn::linear::Linear::forward`): the
+//! LoRA path `s·(x Aᵀ) Bᵀ` is two linear uses, `u = x Aᵀ` (weight `A`, input `x`) and
+//! `z = (s·u) Bᵀ` (weight `B`, input `s·u`), so `∂ℓ_b/∂A = Σ_t g_u,btᵀ x_bt` and
+//! `∂ℓ_b/∂B = Σ_t g_z,btᵀ s·u_bt` come from the same rebuild as any linear weight. A probe made
+//! with [`Probe::lora_only`] taps only those (frozen ops add no probe variable), which is all
+//! an adapter's per-example gradients need. [`Probe::watch`] keeps the tracked output of one
+//! linear layer (e.g. the full-vocabulary logits of a decoder or MLM head) for the caller.
+//!
 //! Without a probe nothing changes: the hooks are `if let Some(..)` checks.
 
 use candle_core::{Result, Tensor, TensorId, Var};
@@ -69,11 +77,51 @@ pub struct Recording {
 #[derive(Debug, Clone, Default)]
 pub struct Probe {
     inner: Arc<Mutex<Recording>>,
+    /// Tap only LoRA factors (frozen ops pass through untouched).
+    lora_only: bool,
+    /// The linear weight whose tracked output is kept, and that output.
+    watch: Arc<Mutex<(Option<TensorId>, Option<Tensor>)>>,
 }
 
 impl Probe {
     pub fn new() -> Probe {
         Probe::default()
+    }
+
+    /// A probe that records LoRA factor taps only (see the module doc).
+    pub fn lora_only() -> Probe {
+        Probe {
+            lora_only: true,
+            ..Probe::default()
+        }
+    }
+
+    /// Whether frozen ops (base linears, norms, lookups) are left untapped.
+    pub fn is_lora_only(&self) -> bool {
+        self.lora_only
+    }
+
+    /// Keeps the tracked output of the linear layer whose weight is `weight` (the last one
+    /// computed), for [`Probe::watched`].
+    pub fn watch(&self, weight: &Tensor) {
+        *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = (Some(weight.id()), None);
+    }
+
+    /// Called by a linear layer with its full output `y`; kept when `weight` is watched.
+    pub fn output(&self, weight: &Tensor, y: &Tensor) {
+        let mut w = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if w.0 == Some(weight.id()) {
+            w.1 = Some(y.clone());
+        }
+    }
+
+    /// Takes the watched layer's last tracked output.
+    pub fn watched(&self) -> Option<Tensor> {
+        self.watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
@@ -82,8 +130,16 @@ impl Probe {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `y + p` for a fresh zero `Var` `p` of `y`'s shape, recording `taps` against `p`.
+    /// `y + p` for a fresh zero `Var` `p` of `y`'s shape, recording `taps` against `p` (a
+    /// LoRA-only probe returns `y` unchanged: this is how frozen ops are tapped).
     pub fn tap(&self, y: &Tensor, taps: Vec<Tap>) -> Result<Tensor> {
+        if self.lora_only {
+            return Ok(y.clone());
+        }
+        self.record(y, taps)
+    }
+
+    fn record(&self, y: &Tensor, taps: Vec<Tap>) -> Result<Tensor> {
         let p = Var::zeros(y.shape(), y.dtype(), y.device())?;
         let out = y.add(p.as_tensor())?;
         self.lock().sites.push(Site { probe: p, taps });
@@ -103,6 +159,19 @@ impl Probe {
             vec![Tap::Linear {
                 weight: weight.id(),
                 bias: bias.map(Tensor::id),
+                input: x.detach(),
+            }],
+        )
+    }
+
+    /// Probes one factor of a LoRA path: `y = x Fᵀ` with `F` = `A` (input `x`) or `B` (input
+    /// `s·u`). Recorded by every probe, LoRA-only or not.
+    pub fn lora(&self, y: &Tensor, x: &Tensor, factor: &Tensor) -> Result<Tensor> {
+        self.record(
+            y,
+            vec![Tap::Linear {
+                weight: factor.id(),
+                bias: None,
                 input: x.detach(),
             }],
         )

@@ -33,8 +33,8 @@ pub const METRICS: &[&str] = &[
     "accuracy", "macro_f1", "mcc", "ce_loss", "em", "qa_f1", "rouge_l",
 ];
 pub const RUNNABLE: Ty = Ty::Either(&Ty::Model, &Ty::Adapter);
-/// What `evaluate` scores: a runnable model, or stored predictions.
-pub const EVALUABLE: Ty = Ty::Either(&RUNNABLE, &Ty::Predictions);
+/// What `evaluate` scores: a runnable model, stored predictions, or an ensemble.
+pub const EVALUABLE: Ty = Ty::Either(&RUNNABLE, &Ty::Either(&Ty::Predictions, &Ty::Ensemble));
 pub const SPLITS: &[&str] = &["test", "dev", "train"];
 
 pub const P_SPLIT: Param = Param::opt(
@@ -92,9 +92,12 @@ static SIG: Signature = Signature {
           or a classification head answers with the word of its predicted class, so there `em` \
           equals accuracy. `models` may also be Predictions (from `solve …`): one row each, scored \
           from the stored class scores and gold labels; `tasks` may then be omitted, and if given \
-          must contain each Predictions' task, with `split` equal to its split.",
+          must contain each Predictions' task, with `split` equal to its split. An Ensemble (`ensemble \
+          weighted`, `ensemble boost_…`) is scored from its members' class scores summed with each \
+          task's weights (predictions = argmax of the sum, ce_loss from the sum; text metrics use \
+          the predicted class's word).",
     params: &[
-        Param::req("models", Ty::Either(&EVALUABLE, &Ty::List(&EVALUABLE)), "A model or adapter, or a list of them; or Predictions, or a list of them."),
+        Param::req("models", Ty::Either(&EVALUABLE, &Ty::List(&EVALUABLE)), "A model or adapter, or a list of them; or Predictions, or a list of them; or Ensembles."),
         Param::opt("tasks", Ty::Opt(&TASKS_TY), Const::None, "A task or a list of tasks (required for models and adapters)."),
         Param::opt("metric", Ty::Either(&Ty::Enum(METRICS), &Ty::List(&Ty::Enum(METRICS))), Const::Str("accuracy"), "A metric or a list of metrics."),
         P_SPLIT,
@@ -305,6 +308,31 @@ impl Operator for Evaluate {
                 rows.push(row);
                 continue;
             }
+            if let Some(a) = item.as_artifact().filter(|a| a.kind == Kind::Ensemble) {
+                let tasks = tasks.as_ref().ok_or_else(missing_tasks)?;
+                let ens = crate::tensors::ensemble::Ensemble::from_artifact(a)?;
+                let label = names.as_ref().map_or_else(
+                    || a.data["label"].as_str().unwrap_or("ensemble").to_string(),
+                    |n| n[i].clone(),
+                );
+                let s = crate::ops::ensemble::combine::score_ensemble(
+                    &ens, tasks, split, &o, batch, &cx.device,
+                )
+                .map_err(|e| e.context(format!("evaluating {label}")))?;
+                for (task, s) in tasks.iter().zip(&s.combined) {
+                    let mut row = vec![
+                        label.clone().into(),
+                        task.name.clone().into(),
+                        split.into(),
+                        s.gold.len().into(),
+                    ];
+                    for metric in &metrics {
+                        row.push(serde_json::json!(s.metric(metric)?));
+                    }
+                    rows.push(row);
+                }
+                continue;
+            }
             let m = runnable_args(item, "models")?[0];
             let tasks = tasks.as_ref().ok_or_else(missing_tasks)?;
             let run = Runnable::load(m, &cx.device)?;
@@ -343,13 +371,13 @@ fn model_items(v: &Value) -> Box<dyn Iterator<Item = &Value> + '_> {
     }
 }
 
-/// A model or adapter, realised or not.
+/// A model, adapter or ensemble (something that needs `tasks`), realised or not.
 fn is_model(v: &Value) -> bool {
     use crate::types::Type;
     match v {
-        Value::Artifact(a) => matches!(a.kind, Kind::Model | Kind::Adapter),
-        Value::Node(n) => matches!(n.ty, Type::Model | Type::Adapter),
-        Value::Unknown(t) => matches!(t, Type::Model | Type::Adapter),
+        Value::Artifact(a) => matches!(a.kind, Kind::Model | Kind::Adapter | Kind::Ensemble),
+        Value::Node(n) => matches!(n.ty, Type::Model | Type::Adapter | Type::Ensemble),
+        Value::Unknown(t) => matches!(t, Type::Model | Type::Adapter | Type::Ensemble),
         _ => false,
     }
 }

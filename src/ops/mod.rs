@@ -9,10 +9,13 @@
 //! ([`Operator::run`]); `Helper` operators (`len`, `zip`, …) are evaluated immediately on
 //! unrealised values ([`Operator::eval`]) and are never cached.
 
+pub mod affinity;
 pub mod args;
 pub mod best;
+pub mod cluster;
 pub mod ctx;
 pub mod data;
+pub mod ensemble;
 pub mod estimate;
 pub mod evaluate;
 pub mod helpers;
@@ -131,6 +134,10 @@ pub fn builtin_registry() -> Registry {
     r.add(helpers::range::Range);
     r.add(helpers::mean::Mean);
     r.add(helpers::sum::Sum);
+    r.add(helpers::average_density::AverageDensity);
+    r.add(helpers::groups::Groups);
+    r.add(helpers::matrix::MatrixLiteral);
+    r.add(helpers::std::Std);
     // Inputs.
     r.add(load::model::LoadModel);
     r.add(load::task::LoadTask);
@@ -156,6 +163,9 @@ pub fn builtin_registry() -> Registry {
     r.add(train::quantized::TrainQAdapter);
     // Estimates.
     r.add(estimate::fisher::EstimateFisher);
+    r.add(estimate::gradients::EstimateGradients);
+    // Affinity.
+    r.add(affinity::first_order::FirstOrder);
     // Kernels.
     r.add(kernel::sgd::KernelSgd);
     r.add(kernel::signgd::KernelSignGd);
@@ -185,15 +195,30 @@ pub fn builtin_registry() -> Registry {
     // Measurements.
     r.add(measure::distance::Distance);
     r.add(measure::score::Score);
+    r.add(measure::approx_error::ApproxError);
+    r.add(measure::memory::Memory);
     // Kernel solvers.
     r.add(solve::lstsq::Lstsq);
     r.add(solve::logistic::Logistic);
     r.add(solve::asym::Asym);
     r.add(solve::svm::Svm);
+    r.add(solve::probe::Probe);
+    r.add(solve::probe_head::ProbeHead);
+    // Ensembles.
+    r.add(ensemble::weighted::Weighted);
+    r.add(ensemble::boost_gradient::BoostGradient);
+    r.add(ensemble::boost_ada::BoostAda);
+    // Clustering.
+    r.add(cluster::sdp::ClusterSdp);
+    r.add(cluster::spectral::ClusterSpectral);
+    r.add(cluster::coclustering::ClusterCoclustering);
+    r.add(cluster::kmeans::ClusterKMeans);
     // Evaluation.
     r.add(evaluate::Evaluate);
     r.add(best::Best);
     // Figures.
     r.add(plot::heatmap::Heatmap);
+    r.add(plot::bar::Bar);
+    r.add(plot::line::Line);
     r
 }

@@ -7,11 +7,14 @@
 
 pub mod convert;
 pub mod dtype;
+pub mod ensemble;
+pub mod gradients;
 pub mod header;
 pub mod matrix;
 pub mod merge;
 pub mod merge_plan;
 pub mod model_dir;
+pub mod partition;
 mod pipeline;
 pub mod writer;
 

@@ -19,6 +19,8 @@
 #[cfg(test)]
 mod exactness;
 pub mod fisher;
+pub mod gradients;
+pub mod log_odds;
 
 use crate::diag::OpError;
 use crate::nn::per_example::SquaredGrads;

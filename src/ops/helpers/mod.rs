@@ -2,9 +2,13 @@
 //! evaluator, never cached. They realise an argument only when they need its value (`mean` needs
 //! the numbers, `len` and `zip` only the list structure), so `smelt plan` sees through them.
 
+pub mod average_density;
+pub mod groups;
 pub mod len;
+pub mod matrix;
 pub mod mean;
 pub mod range;
+pub mod std;
 pub mod sum;
 pub mod zip;
 

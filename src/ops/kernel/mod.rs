@@ -60,8 +60,9 @@ pub const DOC_COMMON: &str = "Per-example Jacobians of the class scores f in eva
     kernel is one symmetric problem (diagonal blocks reused, the lower triangle mirrored). \
     Result: a Matrix [N_train, C, N_X, C] (axes train, class, eval, class) with side arrays \
     train_labels, eval_labels, train_f0, eval_f0 (the model's f, for the init correction) and \
-    meta (layout, params, D, format). params=lora is refused: the gradient probes do not tap \
-    LoRA factors; take the kernel of the model with the adapter applied, or of its base.";
+    meta (layout, params, D, format). params=lora is refused here (kernels take a Model, not \
+    an Adapter); per-example LoRA gradients, whose Gram is the LoRA kernel, come from \
+    `estimate gradients(…, dim=none)`.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelKind {
@@ -99,8 +100,8 @@ pub fn selected(selection: &str, name: &str) -> bool {
 }
 
 pub(crate) fn lora_error() -> OpError {
-    OpError::new(CODE, "`params=lora` is not available: the gradient probes do not tap LoRA factors")
-        .with_help("take the kernel of the model with the adapter applied (`model apply`) or of its base, with params=all|biases|no_embeddings|no_head")
+    OpError::new(CODE, "`params=lora` is not available: kernels take a Model, which has no LoRA factors")
+        .with_help("per-example LoRA gradients come from `estimate gradients(model, tasks, adapter=…, dim=none)`; or take the kernel of the model with the adapter applied (`model apply`)")
 }
 
 /// Checks that need no tensors: the refused selection and the binary-only kernel.

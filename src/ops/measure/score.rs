@@ -24,9 +24,10 @@ static SIG: Signature = Signature {
     summary: "One metric of a model or adapter on a task's split, as a number.",
     doc: "Same input formats and metrics as `evaluate` (accuracy, macro_f1, mcc, ce_loss, em, \
           qa_f1, rouge_l). `model` may also be Predictions (from `solve …`): they are scored as \
-          stored, and must be for `task` and `split`.",
+          stored, and must be for `task` and `split`. An Ensemble is scored from its members' summed \
+          class scores (see `evaluate`).",
     params: &[
-        Param::req("model", EVALUABLE, "A model or an adapter, or Predictions from `solve …`."),
+        Param::req("model", EVALUABLE, "A model or an adapter, Predictions from `solve …`, or an Ensemble."),
         Param::req("task", Ty::Task, "The task."),
         Param::opt("metric", Ty::Enum(METRICS), Const::Str("accuracy"), "The metric."),
         P_SPLIT, P_EHEAD, P_ETEMPLATE, P_EWORDS, P_EMAX_LEN, P_EBATCH, P_MAX_NEW,
@@ -62,6 +63,18 @@ impl Operator for Score {
                 .with_help("pass the task and split the kernel's eval examples came from"));
             }
             return Ok(Value::Float(p.metric(args.str("metric")?)?));
+        }
+        if let Ok(a) = args.artifact("model", Kind::Ensemble) {
+            let ens = crate::tensors::ensemble::Ensemble::from_artifact(a)?;
+            let s = crate::ops::ensemble::combine::score_ensemble(
+                &ens,
+                std::slice::from_ref(&task),
+                args.str("split")?,
+                &Overrides::of(args)?,
+                args.int("batch")?.max(1) as usize,
+                &cx.device,
+            )?;
+            return Ok(Value::Float(s.combined[0].metric(args.str("metric")?)?));
         }
         let model = runnable_args(args.get("model")?, "model")?[0];
         let run = Runnable::load(model, &cx.device)?;

@@ -4,7 +4,9 @@
 //! and title in its payload. The `plot KIND(args) [to "file.svg"]` statement writes the SVG
 //! next to the run's tables (and to the file when given); `save fig to "x.svg"` copies it.
 
+pub mod bar;
 pub mod heatmap;
+pub mod line;
 
 use crate::diag::OpError;
 use crate::ops::OpCtx;

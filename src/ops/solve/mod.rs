@@ -15,10 +15,14 @@
 //! (`--adjust_for_init`: fit on `Y − f0/s`, predict `… + f0/s`) are in [`problem`].
 
 pub mod asym;
+pub mod features;
 pub mod logistic;
 pub mod logistic_fit;
 pub mod lstsq;
+pub mod multinomial;
 pub mod predictions;
+pub mod probe;
+pub mod probe_head;
 pub mod problem;
 pub mod smo;
 pub mod svm;
