@@ -140,24 +140,9 @@ fn weights_of(
     }
     let target = rows.get(row_of).cloned().unwrap_or_default();
     let row = m.row(row_of);
-    let keep: Vec<usize> = (0..m.cols())
-        .filter(|&j| {
-            cols.get(j)
-                .is_none_or(|c| *c != target || target.is_empty())
-        })
-        .collect();
+    let keep = source_columns(&m, row_of);
     let scores: Vec<f64> = keep.iter().map(|&j| row[j]).collect();
-    let temperature = given_t
-        .or_else(|| m.meta.get("temperature").and_then(|v| v.as_f64()))
-        .unwrap_or(0.1);
-    let sign = given_s
-        .or_else(|| {
-            m.meta
-                .get("sign")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "positive".into());
+    let (temperature, sign) = matrix_direction(&m, given_t, given_s);
     let w = softmax_weights(&scores, temperature, sign_of(&sign))
         .map_err(|e| e.context(format!("row `{target}` of the score matrix `{}`", m.what)))?;
     let mut row_weights = vec![0.0; m.cols()];
@@ -175,6 +160,37 @@ fn weights_of(
         "row_weights": row_weights,
     });
     Ok((w, keep, record))
+}
+
+/// The source columns a target row's weights range over: every column except the one labelled
+/// like the row (all of them when the row has no label).
+pub fn source_columns(m: &Matrix, row: usize) -> Vec<usize> {
+    let target = m.axes[0].labels.get(row).map_or("", String::as_str);
+    let cols = &m.axes[1].labels;
+    (0..m.cols())
+        .filter(|&j| cols.get(j).is_none_or(|c| c != target || target.is_empty()))
+        .collect()
+}
+
+/// Softmax temperature and direction for a score matrix: the given ones, else those the matrix
+/// records (the paper's for its similarity), else τ = 0.1 and `positive`.
+pub fn matrix_direction(
+    m: &Matrix,
+    temperature: Option<f64>,
+    sign: Option<String>,
+) -> (f64, String) {
+    let temperature = temperature
+        .or_else(|| m.meta.get("temperature").and_then(|v| v.as_f64()))
+        .unwrap_or(0.1);
+    let sign = sign
+        .or_else(|| {
+            m.meta
+                .get("sign")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "positive".into());
+    (temperature, sign)
 }
 
 /// The row of a score matrix the `target` argument names (the only row when not given).

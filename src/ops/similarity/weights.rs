@@ -7,7 +7,7 @@
 //! ones the score matrix records (the paper's for that similarity), else positive and 0.1.
 
 use crate::diag::OpError;
-use crate::ops::merge::softmax::{softmax_weights, SIGNS};
+use crate::ops::merge::softmax::{matrix_direction, softmax_weights, source_columns, SIGNS};
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::tensors::matrix::{Axis, Matrix};
 use crate::types::Ty;
@@ -51,10 +51,7 @@ pub fn weight_matrix(m: &Matrix, temperature: f64, sign: &str) -> Result<Matrix,
     let s = if sign == "negative" { -1.0 } else { 1.0 };
     let mut values = vec![0.0; m.rows() * m.cols()];
     for i in 0..m.rows() {
-        let target = rows.get(i);
-        let keep: Vec<usize> = (0..m.cols())
-            .filter(|&j| target.is_none() || cols.get(j) != target)
-            .collect();
+        let keep = source_columns(m, i);
         let scores: Vec<f64> = keep.iter().map(|&j| m.get(i, j)).collect();
         let w = softmax_weights(&scores, temperature, s)
             .map_err(|e| e.context(format!("row {i} of `{}`", m.what)))?;
@@ -83,19 +80,11 @@ impl Operator for Weights {
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
         let m = Matrix::read(&args.artifact("scores", Kind::Matrix)?.dir)?;
-        let temperature = args
-            .opt_float("temperature")?
-            .or_else(|| m.meta.get("temperature").and_then(|v| v.as_f64()))
-            .unwrap_or(0.1);
         let sign = match args.get("sign")? {
-            Value::None => m
-                .meta
-                .get("sign")
-                .and_then(|v| v.as_str())
-                .unwrap_or("positive")
-                .to_string(),
-            _ => args.str("sign")?.to_string(),
+            Value::None => None,
+            _ => Some(args.str("sign")?.to_string()),
         };
+        let (temperature, sign) = matrix_direction(&m, args.opt_float("temperature")?, sign);
         let w = weight_matrix(&m, temperature, &sign)?;
         let dir = cx.out_dir.join("matrix");
         w.write(&dir)?;
