@@ -7,7 +7,7 @@
 //! proportional to the values. Two rows with the same (x, group) are an error: aggregate them
 //! first. Also home to the table-reading helpers `plot line` shares.
 
-use super::{figure_artifact, plot_err};
+use super::plot_err;
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::report::Table;
@@ -239,15 +239,7 @@ impl Operator for Bar {
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
-        let t = table_arg(args)?;
-        let (x, y) = (args.str("x")?, args.str("y")?);
-        let group = args.get("group")?.as_str();
-        let title = match args.get("title")? {
-            Value::Str(s) => s.to_string(),
-            _ => format!("{y} by {x}"),
-        };
-        let svg = render(&t, x, y, group, &title)?;
-        figure_artifact(cx, "bar", &svg, &title)
+        super::table_plot(cx, args, "bar", "by", render)
     }
 }
 

@@ -6,8 +6,8 @@
 //! legend naming the series. Axes span the data with a small margin. Table reading is shared
 //! with `plot bar` (src/ops/plot/bar.rs).
 
-use super::bar::{column, distinct, label, number, table_arg, SERIES, TABLE_TY};
-use super::{figure_artifact, plot_err};
+use super::bar::{column, distinct, label, number, SERIES, TABLE_TY};
+use super::plot_err;
 use crate::diag::OpError;
 use crate::ops::{Args, Const, Determinism, OpCtx, OpKind, Operator, Param, Signature};
 use crate::report::Table;
@@ -143,15 +143,7 @@ impl Operator for Line {
     }
 
     fn run(&self, cx: &mut OpCtx, args: &Args) -> Result<Value, OpError> {
-        let t = table_arg(args)?;
-        let (x, y) = (args.str("x")?, args.str("y")?);
-        let group = args.get("group")?.as_str();
-        let title = match args.get("title")? {
-            Value::Str(s) => s.to_string(),
-            _ => format!("{y} against {x}"),
-        };
-        let svg = render(&t, x, y, group, &title)?;
-        figure_artifact(cx, "line", &svg, &title)
+        super::table_plot(cx, args, "line", "against", render)
     }
 }
 

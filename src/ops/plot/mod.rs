@@ -41,3 +41,27 @@ pub(crate) fn figure_artifact(
         data: serde_json::json!({"plot": kind, "title": title, "file": FIGURE_FILE}),
     })))
 }
+
+/// The renderer of a chart drawn from two columns of a table: `(table, x, y, group, title)` → SVG.
+pub(crate) type TableRender =
+    fn(&crate::report::Table, &str, &str, Option<&str>, &str) -> Result<String, OpError>;
+
+/// `plot bar|line(table, x, y, group, title)`: reads the arguments, draws with `render` (titled
+/// `"{y} {joiner} {x}"` unless `title` is given) and returns the `Figure`.
+pub(crate) fn table_plot(
+    cx: &OpCtx,
+    args: &crate::ops::Args,
+    kind: &str,
+    joiner: &str,
+    render: TableRender,
+) -> Result<Value, OpError> {
+    let t = bar::table_arg(args)?;
+    let (x, y) = (args.str("x")?, args.str("y")?);
+    let group = args.get("group")?.as_str();
+    let title = match args.get("title")? {
+        Value::Str(s) => s.to_string(),
+        _ => format!("{y} {joiner} {x}"),
+    };
+    let svg = render(&t, x, y, group, &title)?;
+    figure_artifact(cx, kind, &svg, &title)
+}
